@@ -1,0 +1,100 @@
+"""Check declarations: the `[[checks]]` tables of config.toml.
+
+A check says what to read (measurement, fields and tag filters, or a raw
+query template), which direction is bad, and the smallest change that
+matters. The statistics in `checks.stats` decide; this module only declares.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from daemon.tomlread import REQUIRED, Table
+
+
+class Kind(StrEnum):
+    COUNT = "count"  # throughput: events per window
+    RATIO = "ratio"  # bad events / all events
+    LATENCY = "latency"  # fraction slower than the baseline's p95, or per-interval percentiles
+    GAUGE = "gauge"  # CPU, memory: per-interval values
+
+
+class Direction(StrEnum):
+    RISE = "rise"
+    DROP = "drop"
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One metric comparison.
+
+    `field` is the value field for count, gauge and latency; `bad_field` and
+    `all_field` the numerator and denominator fields of a ratio. `query`, when
+    set, replaces the generated query: a template with `{start}`, `{stop}`,
+    `{interval}` placeholders. `latency_mode` is `threshold` (per-request
+    values: the share slower than the baseline's p95) or `percentiles`
+    (per-interval percentiles: a rank test).
+    """
+
+    name: str
+    kind: Kind
+    measurement: str
+    field: str
+    bad_field: str
+    all_field: str
+    where: tuple[tuple[str, str], ...]
+    query: str | None
+    bad: Direction
+    min_change: float
+    min_absolute: float
+    critical: bool
+    latency_mode: str = "threshold"
+
+
+def parse_check(t: Table) -> CheckSpec:
+    kind = t.choice("kind", tuple(k.value for k in Kind))
+    query = t.optional_str("query")
+    needs_fields = query is None
+    measurement = t.text("measurement", "" if not needs_fields else REQUIRED)
+    field = ""
+    bad_field = ""
+    all_field = ""
+    if kind == Kind.RATIO:
+        bad_field = t.text("bad_field", "" if not needs_fields else REQUIRED)
+        all_field = t.text("all_field", "" if not needs_fields else REQUIRED)
+    elif kind in (Kind.COUNT, Kind.GAUGE, Kind.LATENCY):
+        field = t.text("field", "" if not needs_fields else REQUIRED)
+    latency_mode = "threshold"
+    if kind == Kind.LATENCY:
+        latency_mode = t.choice("latency_mode", ("threshold", "percentiles"), "threshold")
+    for key, value in (("measurement", measurement), ("field", field),
+                       ("bad_field", bad_field), ("all_field", all_field)):
+        t.check(key, not value or bool(_IDENT.match(value)),
+                f"expected a measurement or field name (letters, digits, _ . -), got {value!r}")
+    where = t.str_map("where")
+    bad = t.choice("bad", ("rise", "drop"), "drop" if kind == Kind.COUNT else "rise")
+    min_change = t.number("min_change", 0.2, low=0.0)
+    min_absolute = t.number("min_absolute", 0.0, low=0.0)
+    critical = t.flag("critical", True)
+    name = t.text("name")
+    t.finish()
+    return CheckSpec(
+        name=name,
+        kind=Kind(kind) if kind in Kind.__members__.values() else Kind.COUNT,
+        measurement=measurement,
+        field=field,
+        bad_field=bad_field,
+        all_field=all_field,
+        where=where,
+        query=query,
+        bad=Direction(bad) if bad in ("rise", "drop") else Direction.RISE,
+        min_change=min_change,
+        min_absolute=min_absolute,
+        critical=critical,
+        latency_mode=latency_mode,
+    )

@@ -1,0 +1,92 @@
+"""The queue of approved changes: the rules over the store.
+
+Enqueue resolves a ref to a full commit id in the configured repository;
+approve records who approved; cancel and expedite are guarded by the change's
+state. Claiming the next batch is one store transaction (`Store.claim`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from pathlib import Path
+
+from daemon.errors import InvalidTransition, SourceError
+from daemon.models import Change, ChangeState, Rollback
+from daemon.store import Store
+
+MAX_TITLE = 500
+MAX_NAME = 200
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-^~@{}]{0,199}$")
+
+
+async def resolve_ref(repo: Path, ref: str) -> str:
+    """The full commit id of `ref` in `repo`; SourceError naming the ref otherwise.
+
+    The ref travels as one argv element after `--end-of-options`, never
+    through a shell, and must look like a ref (no leading dash, no spaces).
+    """
+    if not _REF.match(ref) or ".." in ref:
+        raise SourceError(f"not a valid git ref: {ref!r}", ref=ref)
+    proc = await asyncio.create_subprocess_exec(
+        "git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
+        f"{ref}^{{commit}}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(30):
+            out, _err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SourceError(f"git rev-parse {ref!r} timed out", ref=ref) from None
+    commit = out.decode().strip()
+    if proc.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise SourceError(f"unknown ref {ref!r} in {repo}", ref=ref, repo=str(repo))
+    return commit
+
+
+def _clean_text(field: str, value: str, limit: int) -> str:
+    if "\x00" in value:
+        raise SourceError(f"{field} must not contain NUL", field=field)
+    if len(value) > limit:
+        raise SourceError(f"{field} is longer than {limit} characters", field=field)
+    if not value.strip():
+        raise SourceError(f"{field} must not be empty", field=field)
+    return value
+
+
+class Queue:
+    """Enqueue, approve, cancel and expedite changes."""
+
+    def __init__(self, store: Store, repo: Path) -> None:
+        self.store = store
+        self.repo = repo
+
+    async def enqueue(self, ref: str, title: str, author: str, now: datetime,
+                      rollback: Rollback = Rollback.AUTO) -> Change:
+        title = _clean_text("title", title, MAX_TITLE)
+        author = _clean_text("author", author, MAX_NAME)
+        commit = await resolve_ref(self.repo, ref)
+        return await self.store.add_change(commit, title, author, rollback, now)
+
+    async def approve(self, change_id: int, approver: str, now: datetime) -> Change:
+        approver = _clean_text("approver", approver, MAX_NAME)
+        return await self.store.approve(change_id, approver, now)
+
+    async def cancel(self, change_id: int, actor: str, reason: str, now: datetime) -> Change:
+        return await self.store.transition_change(
+            change_id, ChangeState.CANCELLED, actor, reason or "cancelled", now)
+
+    async def expedite(self, change_id: int, actor: str, now: datetime) -> Change:
+        return await self.store.set_expedite(change_id, actor, now)
+
+    async def requeue(self, change_id: int, actor: str, reason: str, now: datetime) -> Change:
+        """Send a failed or reverted change out again (a person's decision, on the record)."""
+        change = await self.store.get_change(change_id)
+        if change.state not in (ChangeState.FAILED, ChangeState.REVERTED):
+            raise InvalidTransition("change", change_id, change.state, ChangeState.APPROVED)
+        return await self.store.transition_change(
+            change_id, ChangeState.APPROVED, actor, reason or "approved again", now)

@@ -1,0 +1,1 @@
+"""pytest fixtures: a real influxd on loopback (owned by the guard work)."""

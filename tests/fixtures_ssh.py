@@ -1,0 +1,1 @@
+"""pytest fixtures: real sshd hosts on loopback (owned by the fleet work)."""

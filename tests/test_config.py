@@ -1,0 +1,123 @@
+"""config.toml: the working sandbox config loads; every kind of bad config is
+refused with exit status 2 and a message naming the file and the key; the
+README documents every key."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = (ROOT / "config.toml").read_text()
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", "-c", str(path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+
+
+def test_root_config_is_valid() -> None:
+    result = run_check(ROOT / "config.toml")
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+    loaded = config.load(ROOT / "config.toml")
+    assert loaded.schedule.every == timedelta(minutes=20)
+    assert [h.address for h in loaded.hosts] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert loaded.deploy.on_regression == "halt"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ('[guard]\n', '[guard]\nbogus = 1\n', "guard.bogus", "unknown key"),
+        ('canary = 1 ', 'canary = "one" ', "deploy.canary", "expected an integer"),
+        ('user = "root"', '', "ssh.user", "missing"),
+        ('every = "20m"', 'every = "20 minutes"', "schedule.every", "expected a duration"),
+        ('window = "09:00-17:00"', 'window = "17:00-09:00"', "schedule.window",
+         "ends before it starts"),
+        ('window = "09:00-17:00"', 'window = "9 to 5"', "schedule.window", "HH:MM-HH:MM"),
+        ('bake = "10m"', 'bake = "-"', "guard.bake", "expected a duration"),
+        ('on_regression = "halt"', 'on_regression = "pray"', "deploy.on_regression",
+         "expected one of"),
+        ('timezone = "Europe/Berlin"', 'timezone = "Mars/Olympus"', "daemon.timezone",
+         "time zone"),
+        ('kind = "ratio"', 'kind = "vibes"', "checks[0].kind", "expected one of"),
+        ('read_needs_token = false', 'read_needs_token = "no"', "api.read_needs_token",
+         "true or false"),
+        ('"2026-12-24T00:00/2026-12-27T00:00"', '"2026-12-27T00:00/2026-12-24T00:00"',
+         "schedule.freezes[0]", "ends before it starts"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, old: str, new: str, key: str,
+                                       expected: str) -> None:
+    assert old in GOOD, old
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace(old, new, 1))
+    result = run_check(bad)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if f": {key}:" in line]
+    assert lines, result.stderr
+    assert str(bad) in lines[0] and expected in lines[0], lines
+
+
+def test_empty_host_list_is_refused(tmp_path: Path) -> None:
+    text = "hosts = []\n" + re.sub(r"\[\[hosts\]\].*?(?=\[influxdb\])", "", GOOD, flags=re.S)
+    bad = tmp_path / "nohosts.toml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    assert any("hosts" in p and "at least one" in p for p in info.value.problems)
+
+
+def test_every_error_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    bad = tmp_path / "many.toml"
+    bad.write_text(GOOD.replace('every = "20m"', 'every = "x"')
+                   .replace('canary = 1 ', 'canary = -1 ').replace('[guard]\n', '[guard]\nz = 1\n'))
+    result = run_check(bad)
+    assert result.returncode == 2
+    for key in ("schedule.every", "deploy.canary", "guard.z"):
+        assert f": {key}:" in result.stderr
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[daemon\n")
+    result = run_check(bad)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
+    result = run_check(tmp_path / "absent.toml")
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_v2_needs_org_bucket_and_token_file(tmp_path: Path) -> None:
+    bad = tmp_path / "v2.toml"
+    bad.write_text(GOOD.replace('api = "v1"', 'api = "v2"'))
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    text = "\n".join(info.value.problems)
+    for key in ("influxdb.org", "influxdb.bucket", "influxdb.token_file"):
+        assert key in text
+
+
+def test_readme_documents_every_key() -> None:
+    asked: set[str] = set()
+    config.load(ROOT / "config.toml", asked)
+    readme = (ROOT / "README.md").read_text()
+    keys = {key for key in asked if "." in key}
+    missing = sorted(key for key in keys if f"`{key}`" not in readme)
+    assert not missing, f"README.md does not document: {missing}"
+
+
+def test_days_parsing() -> None:
+    assert config.parse_days("mon-fri") == frozenset(range(5))
+    assert config.parse_days("mon,wed,sun") == frozenset({0, 2, 6})
+    with pytest.raises(ValueError):
+        config.parse_days("fri-mon")
