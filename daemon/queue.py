@@ -7,45 +7,16 @@ state. Claiming the next batch is one store transaction (`Store.claim`).
 
 from __future__ import annotations
 
-import asyncio
-import re
 from datetime import datetime
 from pathlib import Path
 
 from daemon.errors import InvalidTransition, SourceError
 from daemon.models import Change, ChangeState, Rollback
+from daemon.release import resolve_ref
 from daemon.store import Store
 
 MAX_TITLE = 500
 MAX_NAME = 200
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-^~@{}]{0,199}$")
-
-
-async def resolve_ref(repo: Path, ref: str) -> str:
-    """The full commit id of `ref` in `repo`; SourceError naming the ref otherwise.
-
-    The ref travels as one argv element after `--end-of-options`, never
-    through a shell, and must look like a ref (no leading dash, no spaces).
-    """
-    if not _REF.match(ref) or ".." in ref:
-        raise SourceError(f"not a valid git ref: {ref!r}", ref=ref)
-    proc = await asyncio.create_subprocess_exec(
-        "git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
-        f"{ref}^{{commit}}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with asyncio.timeout(30):
-            out, _err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise SourceError(f"git rev-parse {ref!r} timed out", ref=ref) from None
-    commit = out.decode().strip()
-    if proc.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise SourceError(f"unknown ref {ref!r} in {repo}", ref=ref, repo=str(repo))
-    return commit
 
 
 def _clean_text(field: str, value: str, limit: int) -> str:
