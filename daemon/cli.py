@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
+from daemon import client, logs
 from daemon import config as config_module
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, PushguardError
+
+log = logging.getLogger("pushguard")
 
 DEFAULT_CONFIG = os.environ.get("PUSHGUARD_CONFIG", "config.toml")
 
@@ -46,6 +52,42 @@ def summary(config: config_module.Config) -> str:
     ])
 
 
+def _serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_format, args.log_level)
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    return asyncio.run(_run(config))
+
+
+async def _run(config: config_module.Config) -> int:
+    from daemon.service import Service  # the server side is only imported to serve
+
+    service = Service(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except PushguardError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    await stop.wait()
+    log.info("stopping: letting the current host step end")
+    deploy = config.deploy
+    await service.stop(grace=min(deploy.host_timeout, deploy.command_timeout).total_seconds()
+                       + 5.0)
+    log.info("stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushguard",
@@ -54,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print a summary")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
     check.set_defaults(func=_check_config)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       default="info")
+    serve.set_defaults(func=_serve)
+    client.register(sub)
     return parser
 
 

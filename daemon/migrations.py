@@ -138,6 +138,19 @@ def _m001_initial(db: Database) -> None:
     )
 
 
+def _m002_figures_indexes(db: Database) -> None:
+    """Keep the /metrics aggregates fast on years of history."""
+    _run_script(
+        db,
+        """
+        CREATE INDEX host_results_outcomes ON host_results(step, outcome);
+        CREATE INDEX check_results_verdicts ON check_results(check_name, verdict);
+        CREATE INDEX pushes_finished ON pushes(finished_at);
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_figures_indexes", _m002_figures_indexes),
 ]

@@ -228,6 +228,9 @@ class Store:
     async def counts(self) -> dict[str, int]:
         return await self.call(counts)
 
+    async def figures(self, buckets: tuple[float, ...]) -> dict[str, Any]:
+        return await self.call(figures, buckets)
+
 
 # -- migrations -------------------------------------------------------------
 
@@ -576,3 +579,27 @@ def counts(db: Database) -> dict[str, int]:
     for state, n in db.execute("SELECT state, COUNT(*) FROM changes GROUP BY state"):
         out[str(state)] = int(n)
     return out
+
+
+def figures(db: Database, buckets: tuple[float, ...]) -> dict[str, Any]:
+    """The aggregates that /metrics exposes, in one read: pushes by state and
+    verdict, a push-duration histogram over `buckets` (seconds), host results
+    by step and outcome, check evaluations by check and verdict, the control
+    state, the queue counts and the last finished push."""
+    finished = "FROM pushes WHERE finished_at IS NOT NULL"
+    seconds = "ROUND((julianday(finished_at) - julianday(started_at)) * 86400.0, 3)"
+    under = ", ".join(f"COALESCE(SUM({seconds} <= ?), 0)" for _ in buckets)
+    histogram = db.execute(f"SELECT COUNT(*), COALESCE(SUM({seconds}), 0.0), {under} {finished}",
+                           list(buckets)).fetchone()
+    return {
+        "pushes": db.execute(f"SELECT state, COALESCE(verdict, 'none'), COUNT(*) {finished} "
+                             "GROUP BY 1, 2").fetchall(),
+        "duration": (int(histogram[0]), float(histogram[1]), [int(n) for n in histogram[2:]]),
+        "hosts": db.execute("SELECT step, outcome, COUNT(*) FROM host_results "
+                            "WHERE outcome IS NOT NULL GROUP BY 1, 2").fetchall(),
+        "checks": db.execute("SELECT check_name, verdict, COUNT(*) FROM check_results "
+                             "GROUP BY 1, 2").fetchall(),
+        "control": control(db),
+        "queue": counts(db),
+        "last": last_finished_push(db),
+    }
