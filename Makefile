@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := influxdb openssh-server pssh
 PYTEST_ARGS ?=
 
 .PHONY: test lint typecheck pytest deps system-deps venv check-config \
-        bench bench-fanout bench-guard bench-api clean
+        bench bench-fanout bench-guard bench-api clean demo demo-check
 
 test: deps lint typecheck pytest
 
@@ -45,8 +45,28 @@ typecheck: venv
 pytest: deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+bench: bench-fanout bench-guard bench-api
+
+bench-fanout: deps
+	$(BIN)/python -m bench.fanout
+
+bench-guard: venv
+	$(BIN)/python -m bench.guard
+
+bench-api: venv
+	$(BIN)/python -m bench.api
+
 check-config: venv
 	$(BIN)/pushguard check-config -c config.toml
+
+# the local sandbox: sshd hosts, InfluxDB, a shop with traffic and the daemon
+# playing a story of pushes in the foreground; Ctrl-C stops all of it
+demo: deps
+	$(BIN)/python -m demo
+
+# the same story headless with timings of seconds; exits 0 only if every step happened
+demo-check: deps
+	$(BIN)/python -m demo --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 from daemon.tomlread import REQUIRED, Table
@@ -38,7 +39,8 @@ class CheckSpec:
     set, replaces the generated query: a template with `{start}`, `{stop}`,
     `{interval}` placeholders. `latency_mode` is `threshold` (per-request
     values: the share slower than the baseline's p95) or `percentiles`
-    (per-interval percentiles: a rank test).
+    (per-interval percentiles: a rank test). `step` is the length of the
+    intervals the statistics work on (None: the guard's `look_every`).
     """
 
     name: str
@@ -54,9 +56,11 @@ class CheckSpec:
     min_absolute: float
     critical: bool
     latency_mode: str = "threshold"
+    step: timedelta | None = None
 
 
 def parse_check(t: Table) -> CheckSpec:
+    """Read one `[[checks]]` table; problems are recorded in the table's error list."""
     kind = t.choice("kind", tuple(k.value for k in Kind))
     query = t.optional_str("query")
     needs_fields = query is None
@@ -77,6 +81,15 @@ def parse_check(t: Table) -> CheckSpec:
         t.check(key, not value or bool(_IDENT.match(value)),
                 f"expected a measurement or field name (letters, digits, _ . -), got {value!r}")
     where = t.str_map("where")
+    for key, _ in where:
+        t.check("where", bool(_IDENT.match(key)),
+                f"expected tag names of letters, digits, _ . -, got {key!r}")
+    if query is not None and kind == Kind.LATENCY and latency_mode == "threshold":
+        t.error("query", "a raw query cannot serve latency_mode = \"threshold\" (it needs the "
+                "baseline's p95); use measurement and field, or latency_mode = \"percentiles\"")
+    step = t.duration("step", "0s")
+    if t.has("step") and (step < timedelta(seconds=1) or step.total_seconds() % 1):
+        t.error("step", f"expected whole seconds, at least 1s, got {t.data['step']!r}")
     bad = t.choice("bad", ("rise", "drop"), "drop" if kind == Kind.COUNT else "rise")
     min_change = t.number("min_change", 0.2, low=0.0)
     min_absolute = t.number("min_absolute", 0.0, low=0.0)
@@ -97,4 +110,5 @@ def parse_check(t: Table) -> CheckSpec:
         min_absolute=min_absolute,
         critical=critical,
         latency_mode=latency_mode,
+        step=step if step >= timedelta(seconds=1) else None,
     )

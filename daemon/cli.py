@@ -88,6 +88,12 @@ async def _run(config: config_module.Config) -> int:
     return 0
 
 
+def _judge(args: argparse.Namespace) -> int:
+    from checks import scenario
+
+    return scenario.main(list(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushguard",
@@ -102,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                        default="info")
     serve.set_defaults(func=_serve)
+    judge = sub.add_parser("judge", help="replay one scenario file through the guard",
+                           add_help=False)
+    judge.add_argument("rest", nargs=argparse.REMAINDER)
+    judge.set_defaults(func=_judge)
     client.register(sub)
     return parser
 

@@ -127,7 +127,7 @@ class Ticker:
             return
         self._scheduler.add_job(self._fire, DateTrigger(run_date=self.next_at),
                                 id="slot", replace_existing=True)
-        log.info("next push slot %s", self.next_at.isoformat())
+        log.debug("next push slot %s", self.next_at.isoformat())
 
     async def _fire(self) -> None:
         slot = self.next_at or self._clock()

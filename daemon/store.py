@@ -186,6 +186,10 @@ class Store:
     async def unfinished_pushes(self) -> list[Push]:
         return await self.call(unfinished_pushes)
 
+    async def stranded_changes(self) -> list[tuple[int, int]]:
+        """(push, change) pairs whose push is finished but whose change is still pushing."""
+        return await self.call(stranded_changes)
+
     async def last_finished_push(self) -> Push | None:
         return await self.call(last_finished_push)
 
@@ -453,6 +457,15 @@ def unfinished_pushes(db: Database) -> list[Push]:
         f"SELECT * FROM pushes WHERE state IN ({','.join('?' * len(UNFINISHED))}) ORDER BY id",
         [str(s) for s in UNFINISHED])
     return [records.push(row, _push_change_ids(db, int(row["id"]))) for row in rows]
+
+
+def stranded_changes(db: Database) -> list[tuple[int, int]]:
+    rows = db.execute(
+        "SELECT pc.push_id, pc.change_id FROM push_changes pc"
+        " JOIN pushes p ON p.id = pc.push_id JOIN changes c ON c.id = pc.change_id"
+        f" WHERE c.state = 'pushing' AND p.state NOT IN ({','.join('?' * len(UNFINISHED))})"
+        " ORDER BY pc.push_id, pc.change_id", [str(s) for s in UNFINISHED]).fetchall()
+    return [(int(push_id), int(change_id)) for push_id, change_id in rows]
 
 
 def last_finished_push(db: Database) -> Push | None:

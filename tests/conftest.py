@@ -1,6 +1,10 @@
 """Shared pytest set-up: real servers on loopback, started by fixtures."""
 
-pytest_plugins = ["tests.fixtures_ssh", "tests.fixtures_influx"]
+pytest_plugins = [
+    "tests.fixtures_ssh",
+    "tests.fixtures_influx",
+    "tests.fixtures_daemon",
+]
 
 
 from collections.abc import AsyncIterator  # noqa: E402

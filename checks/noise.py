@@ -1,0 +1,156 @@
+"""The noise model of rate comparisons: how much more than Poisson a metric varies.
+
+Three parts, all measured on the metric itself before the push:
+
+- `phi`: fast over-dispersion of the baseline's intervals, from successive
+  differences (so that slow wander is not counted twice), at least 1.
+- `wander`: slow wander of the level. The variance a block's log rate has
+  beyond what `phi` explains, measured on the history's 5-minute blocks
+  around a quadratic trend (method of moments plus one standard error, so
+  a history too short or too noisy to see the wander does not declare it
+  absent). How the wander shrinks over longer windows depends on how
+  persistent it is: the lag-1 correlation of the blocks' residuals (plus
+  one standard error) gives a correlation time tau, and a window of length L
+  gets wander * f(L) / f(block), f(L) = 2 tau/L (1 - tau/L (1 - e^(-L/tau)))
+  being the variance of an L-long mean of a process with that correlation
+  time.
+- `drift`: the trend of the day (traffic rises in the morning). A straight
+  line through the history, fitted with the variances above, extrapolated
+  from the baseline's centre to the after window's, as a log rate ratio: the
+  comparison expects the after rate to be the baseline's times e^drift.
+  `drift_var` is its variance (the fit's covariance, widened for the
+  blocks' autocorrelation by (1 + rho) / (1 - rho)), added to the test's.
+
+Without a history (fewer than six blocks) the baseline, cut into blocks of
+about five minutes, stands in for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from checks.rates import Rates
+
+BLOCK_SECONDS = 300.0
+MARGIN = 1.0  # standard errors added to the wander and its persistence
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The three parts (see the module docstring); `extra` is the log-scale variance."""
+
+    phi: float
+    wander: float
+    block: float
+    drift: float
+    drift_var: float
+
+    persistence: float = 0.0  # correlation time of the wander, seconds
+
+    def window(self, span: float) -> float:
+        """The wander variance of the mean log rate over a window of `span` seconds."""
+        return self.wander * _mean_variance(max(span, 1.0), self.persistence) \
+            / _mean_variance(self.block, self.persistence)
+
+    def extra(self, before_span: float, after_span: float) -> float:
+        """Log-scale variance beyond fast noise of after vs before, with the drift's."""
+        return self.window(after_span) + self.window(before_span) + self.drift_var
+
+
+def _mean_variance(span: float, tau: float) -> float:
+    """Variance of a span-long mean of a unit process with correlation time tau."""
+    if tau <= 0.0:
+        return 1.0 / span
+    r = span / tau
+    return 2.0 / r * (1.0 - (1.0 - math.exp(-r)) / r)
+
+
+def _arrays(r: Rates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    e, x, t = (np.asarray(v, dtype=float) for v in (r.events, r.exposure, r.times))
+    keep = x > 0
+    return e[keep], x[keep], t[keep]
+
+
+def fast_dispersion(before: Rates) -> float:
+    """Fast over-dispersion (>= 1) from successive differences of the interval rates,
+    which slow wander hardly touches: var(r_i - r_i-1) = phi * mean * (1/x_i + 1/x_i-1)."""
+    e, x, _ = _arrays(before)
+    mean = e.sum() / x.sum() if x.sum() > 0 else 0.0
+    if len(e) < 4 or mean <= 0:
+        return 1.0
+    r = e / x
+    num = float(np.sum(np.diff(r) ** 2))
+    den = mean * float(np.sum(1.0 / x[1:] + 1.0 / x[:-1]))
+    return max(num / den, 1.0)
+
+
+def blocks(r: Rates, seconds: float = BLOCK_SECONDS) -> Rates:
+    """The intervals summed into blocks of about `seconds`."""
+    k = max(1, round(seconds / r.seconds))
+    n = len(r.events) // k * k
+    if n == 0:
+        return r
+    e = np.asarray(r.events[:n]).reshape(-1, k).sum(axis=1)
+    x = np.asarray(r.exposure[:n]).reshape(-1, k).sum(axis=1)
+    t = np.asarray(r.times[:n]).reshape(-1, k).mean(axis=1)
+    return Rates(tuple(e), tuple(x), tuple(t), r.seconds * k)
+
+
+def _design(u: np.ndarray) -> np.ndarray:
+    return np.vstack([np.ones_like(u), u, u * u]).T
+
+
+def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
+    """The noise model for comparing a window centred at `after_centre` with `before`."""
+    phi = fast_dispersion(before)
+    hist = history if history is not None and len(_arrays(history)[0]) >= 6 else blocks(before)
+    e, x, t = _arrays(hist)
+    if len(e) < 6 or e.sum() <= 0:
+        return Noise(phi, 0.0, hist.seconds, 0.0, 0.0)
+    mid, span = float(t.mean()), max(float(np.ptp(t)), 1.0)
+    design = _design((t - mid) / span)
+    floor = e.sum() / x.sum() * 1e-3
+    # pass 1: Poisson weights; pass 2: weights with the fast and slow variance
+    coef = np.linalg.lstsq(design * np.sqrt(x)[:, None], e / np.sqrt(x), rcond=None)[0]
+    expected = np.maximum(design @ coef, floor) * x
+    wander, persistence, rho = _wander(e, expected, phi, hist.seconds)
+    # the drift: a straight line refitted with the fast and slow variances
+    var_rate = (phi * expected + wander * expected ** 2) / x ** 2
+    weights = 1.0 / np.maximum(var_rate, 1e-300)
+    line = design[:, :2]
+    inverse = np.linalg.pinv(line.T @ (line * weights[:, None]))
+    coef = inverse @ (line.T @ (weights * e / x))
+    cov = inverse * (1.0 + rho) / (1.0 - rho)
+    ends = _design(np.array([(before.centre() - mid) / span,
+                             (after_centre - mid) / span]))[:, :2]
+    level = ends @ coef
+    if level[0] <= floor:
+        return Noise(phi, wander, hist.seconds, 0.0, 0.0, persistence)
+    if level[1] <= floor:  # the trend runs out to nothing: no trust in it
+        return Noise(phi, wander, hist.seconds, 0.0, math.log(level[0] / floor) ** 2,
+                     persistence)
+    grad = ends[1] / level[1] - ends[0] / level[0]
+    return Noise(phi, wander, hist.seconds, float(math.log(level[1] / level[0])),
+                 float(grad @ cov @ grad), persistence)
+
+
+def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
+            block: float) -> tuple[float, float, float]:
+    """(wander variance, correlation time in seconds, the blocks' lag-1 correlation),
+    each taken MARGIN standard errors above its estimate."""
+    n = len(e)
+    weight = expected ** 2
+    d = ((e - expected) ** 2 - phi * expected) / weight  # per-block extra relative variance
+    w_hat = float(np.sum(weight * d) / weight.sum()) * n / (n - 3)
+    se = float(np.sqrt(np.sum(weight ** 2 * (d - w_hat) ** 2)) / weight.sum())
+    wander = max(w_hat, 0.0) + MARGIN * se
+    res = (e - expected) / expected
+    res = res - res.mean()
+    den = float(np.dot(res, res))
+    rho = float(np.dot(res[:-1], res[1:]) / den) if den > 0 else 0.0
+    rho = min(max(rho + MARGIN / math.sqrt(n), 0.0), 0.95)
+    tau = -block / math.log(rho) if rho > 0 else 0.0
+    return wander, tau, rho

@@ -1,0 +1,69 @@
+"""What a metric source hands the guard: `Series`, and the `MetricSource` protocol.
+
+A `Series` holds one check's values over one window [start, stop), one row
+per interval of `step` (interval start times), or one row per stored point
+for raw per-interval percentiles. Columns by kind of check:
+
+| kind                 | columns                         | also                         |
+|----------------------|---------------------------------|------------------------------|
+| count                | `count` (sum)                   |                              |
+| ratio                | `bad`, `all` (sums)             |                              |
+| latency, threshold   | `all` (count); `slow` (count    | `quantile`: the window's p95 |
+|                      | above `slower_than`, when given)|                              |
+| latency, percentiles | `value` (raw points)            |                              |
+| gauge                | `value` (mean)                  |                              |
+
+`None` is an interval without data. `queries` are the statements as sent,
+with their bound parameters written in, for the evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from checks.spec import CheckSpec
+
+QUANTILE = 0.95  # the latency threshold mode compares against the baseline's p95
+
+
+@dataclass(frozen=True)
+class Series:
+    """One check's values over [start, stop); see the module docstring."""
+
+    start: datetime
+    stop: datetime
+    step: timedelta
+    times: tuple[datetime, ...]
+    columns: Mapping[str, tuple[float | None, ...]]
+    quantile: float | None = None
+    queries: tuple[str, ...] = field(default=())
+
+    def column(self, name: str) -> tuple[float | None, ...]:
+        """The column's values, or all `None` when the source did not return it."""
+        return self.columns.get(name, (None,) * len(self.times))
+
+
+class MetricSource(Protocol):
+    """Where the guard reads metrics and writes deploy markers.
+
+    Every method raises `CheckError` when the source cannot answer (down,
+    slow, a bad query, an error in a statement); it never returns partial
+    data silently.
+    """
+
+    async def series(self, check: CheckSpec, start: datetime, stop: datetime, step: timedelta,
+                     *, slower_than: float | None = None) -> Series:
+        """Per-interval values the check needs over [start, stop)."""
+        ...
+
+    async def write_marker(self, *, push_id: int, release: str, phase: str,
+                           verdict: str | None, at: datetime) -> None:
+        """Write one deploy-marker point (tags push_id, release, phase, verdict)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the source is not used afterwards."""
+        ...

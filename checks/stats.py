@@ -1,0 +1,216 @@
+"""The guard's rate comparisons (count, ratio, latency share): pure functions.
+
+`compare_rates` compares events over an exposure: for a count the exposure
+is time (events per second), for a ratio the number of requests (bad per
+request), for latency in threshold mode the number of requests (slower than
+the baseline's p95 per request). Rank comparisons (gauge, percentiles) are
+in `checks.ranks`; both return a `Comparison`.
+
+The test. Given the total of before and after events, the after events are
+binomial under "no change" with p = s*X_a / (s*X_a + X_b) (X: exposures, s:
+the seasonal scale, 1 without a reference); the exact binomial tail gives
+z0. Real metrics vary more than Poisson, so z0 is shrunk:
+
+    z = z0 / sqrt(phi + (w_a + w_b + var(drift) + seasonal) / V0)
+
+V0 = 1/(N p (1-p)) is the Poisson variance of the log rate ratio; phi (fast
+over-dispersion), w (slow wander of the level, scaled to each window's
+length) and the drift of the day (a push in a rising or falling hour: the
+expected after rate is the baseline's times e^drift, and s includes that
+factor) come from the metric's own history before the push: see
+`checks.noise`. With a seasonal reference, s is the reference's after/before
+ratio instead of the drift, and its noise is the seasonal term.
+
+Transients: the after window's single worst interval (in the bad
+direction) is left out of the test, so one bad interval (a restart blip
+that outlasts the warm-up, a scrape hiccup) never fails a push; a look may
+therefore stop only with three or more intervals after the warm-up.
+
+Deciding: see `checks.verdict` for the boundaries. A comparison fails only
+when the look may stop, z reaches the boundary, the estimated change is
+beyond `min_change` and `min_absolute`, and the recent half of the after
+window is beyond `min_change` too (an effect that is over is not a
+regression). It
+passes only with enough data: a `severe` change (x3 errors, say) would have
+reached the boundary with the same data and noise model. Otherwise it is
+inconclusive, never a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special, stats
+
+from checks.noise import model
+from checks.rates import Rates
+from daemon.models import Verdict
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one comparison decides at one look.
+
+    `bad` is "rise" or "drop"; `z` the look's boundary (`math.inf`: this look
+    may not fail); `severe` (> 1) the factor of a change that the data must be
+    able to reveal for a pass (x`severe` for a rise, /`severe` for a drop).
+    """
+
+    bad: str
+    min_change: float
+    min_absolute: float
+    z: float
+    severe: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of one comparison with its evidence (JSON-ready dicts)."""
+
+    verdict: Verdict
+    statistic: float | None
+    threshold: float | None
+    change: float | None  # relative change after vs before (0.25 = +25 %)
+    reason: str
+    before: dict[str, object] = field(default_factory=dict)
+    after: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How a reason names the quantity: `what` ("errors/requests"), `unit` ("ratio", "per s")."""
+
+    what: str
+    unit: str
+
+
+def z_from_p(p: float) -> float:
+    return float(-special.ndtri(min(max(p, 1e-300), 1.0 - 1e-16)))
+
+
+def binomial_z(k: int, n: int, pi0: float, bad: str) -> float:
+    """z of k successes of n at p = pi0: the exact tail, or in the far tail (where the
+    exact p-value underflows) the signed root of the likelihood-ratio statistic."""
+    p = float(stats.binom.sf(k - 1, n, pi0) if bad == "rise" else stats.binom.cdf(k, n, pi0))
+    if p > 1e-10:
+        return z_from_p(p)
+    m = n * pi0
+    lr = 2.0 * (special.xlogy(k, k / m) + special.xlogy(n - k, (n - k) / (n - m)))
+    return math.sqrt(max(float(lr), 0.0))
+
+
+def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float = 1.0,
+           phi: float = 1.0, extra: float = 0.0) -> float:
+    """z of `a` after-events against `b` before-events; positive = the bad direction."""
+    n = round(a + b)
+    if n <= 0 or xa <= 0 or xb <= 0:
+        return 0.0
+    pi0 = scale * xa / (scale * xa + xb)
+    z0 = binomial_z(min(round(a), n), n, pi0, bad)
+    v0 = 1.0 / (n * pi0 * (1.0 - pi0))
+    return z0 / math.sqrt(phi + extra / v0)
+
+
+def trim_worst(after: Rates, expected_rate: float, bad: str) -> tuple[Rates, int | None]:
+    """The after window without its single worst interval (when it has three or more)."""
+    e, x = np.asarray(after.events, dtype=float), np.asarray(after.exposure, dtype=float)
+    if np.count_nonzero(x > 0) < 3:
+        return after, None
+    mean = x * expected_rate
+    dev = (e - mean) / np.sqrt(mean + 1.0) * (1.0 if bad == "rise" else -1.0)
+    dev[x <= 0] = -np.inf
+    i = int(np.argmax(dev))
+    keep = [j for j in range(len(e)) if j != i]
+    return Rates(tuple(after.events[j] for j in keep), tuple(after.exposure[j] for j in keep),
+                 tuple(after.times[j] for j in keep), after.seconds), i
+
+
+def rate_change(a: float, xa: float, b: float, xb: float, scale: float) -> tuple[float, float]:
+    """(relative change, absolute difference) of the after rate against the expected rate."""
+    ra = a / xa if xa > 0 else 0.0
+    rb = scale * b / xb if xb > 0 else 0.0
+    if rb > 0:
+        return ra / rb - 1.0, ra - rb
+    return (math.inf if ra > 0 else 0.0), ra - rb
+
+
+def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
+                  history: Rates | None = None, scale: float | None = None,
+                  scale_var: float = 0.0) -> Comparison:
+    """Compare after-events against before-events over their exposures (module doc)."""
+    b, xb = before.total()
+    noise = model(before, after.centre(), history)
+    phi = noise.phi
+    extra = noise.extra(before.span(), after.span()) + scale_var
+    if scale is None:
+        scale = 1.0
+        extra += max(noise.drift ** 2 - noise.drift_var, 0.0)
+    extra -= noise.drift_var
+    full = after
+    after, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
+    a, xa = after.total()
+    s = 1.0 if rule.bad == "rise" else -1.0
+    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=phi, extra=extra)
+    change, diff = rate_change(a, xa, b, xb, scale)
+    text = _text(b, xb, a, xa, scale, naming)
+    ev_before = _evidence(before, b, xb, naming)
+    ev_before.update(phi=round(phi, 3), wander_sd=round(math.sqrt(noise.wander), 4),
+                     drift=round(noise.drift, 4), drift_sd=round(math.sqrt(noise.drift_var), 4))
+    ev_after = _evidence(full, a, xa, naming)
+    ev_after.update(change=change if math.isfinite(change) else None, left_out=trimmed)
+
+    def out(verdict: Verdict, reason: str) -> Comparison:
+        return Comparison(verdict, z, rule.z if math.isfinite(rule.z) else None, change,
+                          reason, ev_before, ev_after)
+
+    can_stop = math.isfinite(rule.z) and trimmed is not None
+    if xb <= 0 or (b + a <= 0 and rule.min_absolute <= 0):
+        return out(Verdict.INCONCLUSIVE, f"too little data: {text}")
+    beyond = s * change >= rule.min_change and s * diff >= rule.min_absolute and s * diff > 0
+    if can_stop and z >= rule.z and beyond:
+        recent, _ = rate_change(*after.recent_half().total(), b, xb, scale)
+        if s * recent >= rule.min_change:
+            return out(Verdict.FAIL, f"{text}: z={z:.2f} >= {rule.z:.2f}")
+        return out(Verdict.PASS, f"{text}: transient, the recent half is back near the baseline")
+    if not can_stop:
+        return out(Verdict.INCONCLUSIVE, f"{text}: too early to decide")
+    e_a = scale * b * xa / xb
+    if rule.bad == "rise":
+        a_h = max(e_a * rule.severe, e_a + xa * rule.min_absolute)
+    else:
+        a_h = max(min(e_a / rule.severe, e_a - xa * rule.min_absolute), 0.0)
+    z_h = rate_z(a_h, xa, b, xb, rule.bad, scale=scale, phi=phi, extra=extra)
+    if z_h < rule.z:
+        word = f"x{rule.severe:g} rise" if rule.bad == "rise" else f"/{rule.severe:g} drop"
+        return out(Verdict.INCONCLUSIVE, f"too little data: {text}; even a {word} would give "
+                                         f"z={z_h:.2f} < {rule.z:.2f}")
+    detail = "no harmful change" if z < rule.z else "change below the smallest that matters"
+    return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})")
+
+
+def _evidence(r: Rates, events: float, exposure: float, naming: Naming) -> dict[str, object]:
+    return {"events": events, "exposure": exposure, "intervals": len(r.events),
+            "value": events / exposure if exposure > 0 else None, "unit": naming.unit,
+            "events_per_interval": [round(v, 6) for v in r.events],
+            "exposure_per_interval": [round(v, 6) for v in r.exposure]}
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{100.0 * value:.3g}%" if unit == "ratio" else f"{value:.4g}/s"
+
+
+def _fmt_change(change: float) -> str:
+    if not math.isfinite(change):
+        return "from zero"
+    return f"x{1.0 + change:.2f}" if change >= 1.0 else f"{100.0 * change:+.1f}%"
+
+
+def _text(b: float, xb: float, a: float, xa: float, scale: float, naming: Naming) -> str:
+    base = b / xb if xb > 0 else 0.0
+    ra = a / xa if xa > 0 else 0.0
+    change, _ = rate_change(a, xa, b, xb, scale)
+    expected = f" (expected {_fmt(scale * base, naming.unit)})" if abs(scale - 1) > 5e-4 else ""
+    return (f"{naming.what} {_fmt(base, naming.unit)}{expected} -> {_fmt(ra, naming.unit)} "
+            f"({_fmt_change(change)}; {a:.0f} events after, {b:.0f} before)")

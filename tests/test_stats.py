@@ -1,0 +1,212 @@
+"""Unit tests of the statistics: sequential boundaries, rate and rank comparisons,
+the noise model, and a null simulation of the false-alarm rate across looks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from checks.noise import blocks, fast_dispersion, model
+from checks.ranks import Levels, compare_levels
+from checks.rates import Rates
+from checks.sequential import boundaries, look_fractions, pocock_spending
+from checks.stats import Naming, Rule, binomial_z, compare_rates, rate_z
+from daemon.models import Verdict
+
+RATIO = Naming("errors/requests", "ratio")
+COUNT = Naming("requests", "per s")
+
+
+def rule(z: float = 3.0, bad: str = "rise", min_change: float = 0.2, min_absolute: float = 0.0,
+         severe: float = 3.0) -> Rule:
+    return Rule(bad=bad, min_change=min_change, min_absolute=min_absolute, z=z, severe=severe)
+
+
+def rates(events: list[float], exposure: list[float], start: float = 0.0,
+          step: float = 30.0) -> Rates:
+    times = tuple(start + step * (i + 0.5) for i in range(len(events)))
+    return Rates(tuple(events), tuple(exposure), times, step)
+
+
+def errors(rng: np.random.Generator, n: int, rps: float, p: float, start: float,
+           step: float = 30.0) -> Rates:
+    requests = rng.poisson(rps * step, n).astype(float)
+    bad = rng.binomial(requests.astype(int), p).astype(float)
+    return rates(list(bad), list(requests), start, step)
+
+
+# -- sequential boundaries ---------------------------------------------------------------
+
+def test_obrien_fleming_boundaries_match_the_published_values() -> None:
+    # gsDesign, sfLDOF, one-sided alpha 0.025, five equally spaced looks
+    got = boundaries(0.025, look_fractions(5, 1), "obrien-fleming")
+    assert got == pytest.approx((4.877, 3.357, 2.680, 2.290, 2.031), abs=0.005)
+
+
+def test_boundaries_spend_alpha_over_brownian_motion() -> None:
+    looks, alpha = 18, 0.01
+    bounds = np.array(boundaries(alpha, look_fractions(looks, 3), "pocock"))
+    assert math.isinf(bounds[0]) and math.isinf(bounds[1])
+    rng = np.random.default_rng(7)
+    paths = np.cumsum(rng.standard_normal((100_000, looks)) / math.sqrt(looks), axis=1)
+    z = paths / np.sqrt(np.arange(1, looks + 1) / looks)
+    crossed = float(np.mean((z >= bounds).any(axis=1)))
+    assert crossed == pytest.approx(alpha, rel=0.15)
+
+
+def test_pocock_spending_is_alpha_at_the_end() -> None:
+    assert pocock_spending(0.01, 1.0) == pytest.approx(0.01)
+    assert pocock_spending(0.01, 0.0) == 0.0
+
+
+# -- the binomial test -----------------------------------------------------------------------
+
+def test_binomial_z_is_the_exact_tail_and_keeps_growing_in_the_far_tail() -> None:
+    assert binomial_z(10, 100, 0.1, "rise") == pytest.approx(-0.13, abs=0.05)
+    zs = [binomial_z(k, 100_000, 0.01, "rise") for k in (1100, 1500, 3000, 10_000)]
+    assert zs == sorted(zs) and zs[-1] > 100  # no cap where the p-value underflows
+    assert binomial_z(500, 100_000, 0.01, "drop") > 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.integers(0, 400), b=st.integers(1, 400), extra=st.integers(1, 50))
+def test_more_bad_events_never_lower_z(a: int, b: int, extra: int) -> None:
+    low = rate_z(a, 1000.0, b, 3000.0, "rise")
+    high = rate_z(a + extra, 1000.0, b, 3000.0, "rise")
+    assert high >= low
+
+
+# -- rate comparisons --------------------------------------------------------------------------
+
+def test_error_ratio_tripled_fails_and_harmless_passes() -> None:
+    rng = np.random.default_rng(1)
+    before = errors(rng, 60, 50, 0.01, -1800)
+    history = blocks(errors(rng, 480, 50, 0.01, -14400))
+    same = compare_rates(before, errors(rng, 18, 50, 0.01, 60), rule(), RATIO, history=history)
+    worse = compare_rates(before, errors(rng, 18, 50, 0.03, 60), rule(), RATIO, history=history)
+    assert same.verdict == Verdict.PASS, same.reason
+    assert worse.verdict == Verdict.FAIL, worse.reason
+    assert worse.statistic is not None and worse.threshold == 3.0
+    assert "errors/requests" in worse.reason and "x" in worse.reason
+    assert worse.before["events"] and worse.after["events_per_interval"]
+
+
+def test_too_little_data_is_inconclusive_never_pass() -> None:
+    before = rates([0.0] * 59 + [1.0], [15.0] * 60, -1800)
+    after = rates([0.0] * 18, [15.0] * 18, 60)
+    result = compare_rates(before, after, rule(), RATIO)
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert result.reason.startswith("too little data")
+
+
+def test_absolute_floor_keeps_tiny_ratios_from_failing() -> None:
+    # 0 -> 2 errors out of 100,000 requests is a rise from zero, but not a failure
+    before = rates([0.0] * 60, [5000.0] * 60, -1800)
+    after = rates([0.0] * 16 + [1.0, 1.0], [5000.0] * 18, 60)
+    result = compare_rates(before, after, rule(min_absolute=0.001), RATIO)
+    assert result.verdict == Verdict.PASS, result.reason
+
+
+def test_one_bad_interval_is_left_out() -> None:
+    rng = np.random.default_rng(2)
+    before = errors(rng, 60, 100, 0.01, -1800)
+    quiet = errors(rng, 6, 100, 0.01, 60)
+    blip = Rates((300.0, *quiet.events[1:]), quiet.exposure, quiet.times, 30.0)
+    result = compare_rates(before, blip, rule(), RATIO)
+    assert result.verdict != Verdict.FAIL, result.reason
+    assert result.after["left_out"] == 0
+
+
+def test_effect_that_is_over_is_transient() -> None:
+    rng = np.random.default_rng(3)
+    before = errors(rng, 60, 100, 0.01, -1800)
+    after = errors(rng, 12, 100, 0.01, 60)
+    bad = tuple(e * 6 if i < 4 else e for i, e in enumerate(after.events))
+    result = compare_rates(before, Rates(bad, after.exposure, after.times, 30.0), rule(), RATIO)
+    assert result.verdict == Verdict.PASS
+    assert "transient" in result.reason
+
+
+def test_throughput_drop_fails_a_count_check() -> None:
+    rng = np.random.default_rng(4)
+    before = rates(list(rng.poisson(600, 60).astype(float)), [30.0] * 60, -1800)
+    after = rates(list(rng.poisson(360, 18).astype(float)), [30.0] * 18, 60)
+    result = compare_rates(before, after, rule(bad="drop", min_change=0.1, severe=2.0), COUNT)
+    assert result.verdict == Verdict.FAIL, result.reason
+    assert result.change == pytest.approx(-0.4, abs=0.05)
+
+
+def test_a_look_that_may_not_stop_never_fails() -> None:
+    rng = np.random.default_rng(5)
+    before = errors(rng, 60, 100, 0.01, -1800)
+    after = errors(rng, 18, 100, 0.05, 60)
+    result = compare_rates(before, after, rule(z=math.inf), RATIO)
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert "too early" in result.reason
+
+
+# -- the noise model -------------------------------------------------------------------------------
+
+def test_noise_model_sees_poisson_as_poisson_and_wander_as_wander() -> None:
+    rng = np.random.default_rng(6)
+    steady = rates(list(rng.poisson(3000, 480).astype(float)), [30.0] * 480, -14400)
+    assert fast_dispersion(steady) == pytest.approx(1.0, abs=0.2)
+    assert model(steady, 300.0, blocks(steady)).wander < 0.0005
+    level = np.exp(np.repeat(rng.normal(0, 0.1, 48), 10))  # 10% level steps every 5 min
+    wandering = rates(list(rng.poisson(3000 * level).astype(float)), [30.0] * 480, -14400)
+    noise = model(wandering, 300.0, blocks(wandering))
+    assert math.sqrt(noise.wander) == pytest.approx(0.1, abs=0.04)
+
+
+# -- rank comparisons --------------------------------------------------------------------------
+
+def test_cpu_up_30_percent_fails_and_noise_passes() -> None:
+    rng = np.random.default_rng(8)
+    before = Levels(tuple(rng.normal(40, 2, 60)), tuple(range(-60, 0)))
+    same = compare_levels(before, Levels(tuple(rng.normal(40, 2, 18)), tuple(range(18))),
+                          rule(min_change=0.15, severe=2.0), "cpu")
+    worse = compare_levels(before, Levels(tuple(rng.normal(52, 2, 18)), tuple(range(18))),
+                           rule(min_change=0.15, severe=2.0), "cpu")
+    assert same.verdict == Verdict.PASS, same.reason
+    assert worse.verdict == Verdict.FAIL, worse.reason
+    assert worse.change == pytest.approx(0.3, abs=0.05)
+
+
+def test_a_handful_of_values_is_inconclusive() -> None:
+    result = compare_levels(Levels((1.0, 2.0, 3.0), (0, 1, 2)), Levels((9.0,), (3,)),
+                            rule(), "cpu")
+    assert result.verdict == Verdict.INCONCLUSIVE
+
+
+# -- null simulation: the false-alarm budget holds across looks ------------------------------------
+
+def null_bake_fails(rng: np.random.Generator, rps: float, p: float, bounds: tuple[float, ...],
+                    ) -> bool:
+    """One harmless bake of a ratio check with every floor at zero: only the statistic
+    decides; True when any look fails."""
+    history = blocks(errors(rng, 480, rps, p, -14400))
+    before = errors(rng, 60, rps, p, -1800)
+    after = errors(rng, len(bounds), rps, p, 60)
+    for k, z in enumerate(bounds, start=1):
+        window = Rates(after.events[:k], after.exposure[:k], after.times[:k], 30.0)
+        r = Rule(bad="rise", min_change=0.0, min_absolute=0.0, z=z, severe=3.0)
+        if compare_rates(before, window, r, RATIO, history=history).verdict == Verdict.FAIL:
+            return True
+    return False
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rps=st.sampled_from([2.0, 20.0, 200.0]), p=st.sampled_from([0.005, 0.02, 0.1]),
+       seed=st.integers(0, 2**32 - 1))
+def test_null_false_alarms_across_looks_stay_within_budget(rps: float, p: float,
+                                                           seed: int) -> None:
+    alpha = 0.02  # per bake: large, so that 120 bakes can show an excess
+    bounds = boundaries(alpha, look_fractions(18, 3), "obrien-fleming")
+    rng = np.random.default_rng(seed)
+    fails = sum(null_bake_fails(rng, rps, p, bounds) for _ in range(120))
+    # P(X >= 8) < 0.3 % for X ~ Binomial(120, 0.02): an excess, not chance
+    assert fails <= 7, f"{fails} of 120 harmless bakes failed at alpha {alpha}"
