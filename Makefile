@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check daemon api checks tests bench demo
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import secrets
 import shlex
 import time
@@ -48,6 +47,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncssh
 
+from daemon import remote
 from daemon.config import DeployConfig, HostConfig, SshConfig
 from daemon.errors import HostError
 from daemon.models import Outcome
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 STDERR_TAIL = 2048
 KILL_GRACE = 5  # seconds between TERM and KILL for a timed-out remote command
 CLOSE_GRACE = 1.0  # seconds a clean SSH disconnect may take before the socket is dropped
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # exit statuses of coreutils `timeout` when it stopped the command (TERM, then KILL)
 _TIMEOUT_STATUSES = frozenset({124, 137})
 # AES-GCM first: one AEAD call per packet (chacha20-poly1305 costs three here)
@@ -94,59 +92,6 @@ class StepError(HostError):
         self.outcome = outcome
 
 
-# Remote scripts. Each runs as `timeout ... sh -c SCRIPT sh ARGS...`: values
-# only ever arrive as positional parameters, never inside the script text.
-_PREPARE = """set -e
-mkdir -p -- "$1/releases"
-cd -- "$1"
-readlink current || true
-if [ -d "releases/$2" ]; then echo have; else echo need; fi"""
-
-_UNPACK = """set -e
-cd -- "$1/releases"
-if [ -d "$2" ]; then rm -f -- "$3"; exit 0; fi
-echo "$4  $3" | sha256sum -c --status - || { echo "upload digest mismatch" >&2; exit 65; }
-t=$(mktemp -d ".tmp-$2.XXXXXX")
-tar -xzf "$3" -C "$t" || { rm -rf -- "$t" "$3"; exit 66; }
-chmod 755 "$t"
-mv -T -- "$t" "$2"
-rm -f -- "$3"
-"""
-
-_SWITCH = """set -e
-cd -- "$1"
-[ -d "releases/$2" ] || { echo "release $2 is not unpacked" >&2; exit 67; }
-touch "releases/$2"
-old=$(readlink current || true)
-if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then
-  ln -sfn -- "$old" .previous.tmp && mv -T .previous.tmp previous
-fi
-ln -sfn -- "releases/$2" .current.tmp && mv -T .current.tmp current"""
-
-_ROLLBACK = """set -e
-cd -- "$1"
-cur=$(readlink current || true)
-if [ -n "$2" ] && [ "$cur" != "releases/$2" ]; then echo "skip $cur"; exit 0; fi
-prev=$(readlink previous) || { echo "no previous release recorded" >&2; exit 68; }
-[ -d "$prev" ] || { echo "previous release $prev is gone" >&2; exit 69; }
-ln -sfn -- "$prev" .current.tmp && mv -T .current.tmp current
-if [ -n "$cur" ]; then ln -sfn -- "$cur" .previous.tmp && mv -T .previous.tmp previous; fi
-echo "live $prev"
-"""
-
-_PRUNE = """set -e
-cd -- "$1/releases"
-cur=$(readlink ../current || true); prev=$(readlink ../previous || true); n=0
-for d in $(ls -1t); do
-  n=$((n + 1))
-  case "releases/$d" in "$cur"|"$prev") continue ;; esac
-  if [ "$n" -gt "$2" ]; then rm -rf -- "$d"; fi
-done
-find . -maxdepth 1 -name '.*' ! -name . -mmin +60 -exec rm -rf -- {} +"""
-
-_READ_LIVE = 'readlink -- "$1/current" || true'
-
-
 class Fleet:
     """Deploys releases to hosts over SSH; one instance per daemon.
 
@@ -164,8 +109,8 @@ class Fleet:
                      env: Mapping[str, str],
                      on_step: StepCallback | None = None) -> list[HostOutcome]:
         """Deploy `release` to `hosts` (one wave); one outcome per host, in order."""
-        _check_release_id(release.id)
-        exports = _exports(env)
+        remote.check_release_id(release.id)
+        exports = remote.exports(env)
 
         async def one(run: _HostRun) -> None:
             await run.deploy(release, exports)
@@ -181,8 +126,8 @@ class Fleet:
         release is another one is left alone (outcome `skipped`).
         """
         if from_release is not None:
-            _check_release_id(from_release)
-        exports = _exports(env)
+            remote.check_release_id(from_release)
+        exports = remote.exports(env)
 
         async def one(run: _HostRun) -> None:
             await run.rollback(exports, from_release or "")
@@ -295,26 +240,26 @@ class _HostRun:
 
     async def deploy(self, release: Release, exports: str) -> None:
         await self._connect()
-        lines = (await self._run(_PREPARE, self.path, release.id)).splitlines()
-        self.live = _release_of(lines[0]) if len(lines) > 1 else None
+        lines = (await self._run(remote.PREPARE, self.path, release.id)).splitlines()
+        self.live = remote.release_of(lines[0]) if len(lines) > 1 else None
         await self._end()
         await self._upload_and_unpack(release, need=lines[-1:] == ["need"])
         await self._begin("switch")
-        await self._run(_SWITCH, self.path, release.id)
+        await self._run(remote.SWITCH, self.path, release.id)
         self.live = release.id
         await self._end()
         await self._activate(release.id, exports)
         await self._health()
-        await self._command_step("prune", _PRUNE, self.path,
+        await self._command_step("prune", remote.PRUNE, self.path,
                                  str(self.deploy_config.keep_releases))
 
     async def rollback(self, exports: str, from_release: str) -> None:
         await self._connect()
         await self._end()
         await self._begin("switch")
-        result = await self._run(_ROLLBACK, self.path, from_release)
+        result = await self._run(remote.ROLLBACK, self.path, from_release)
         verb, _, target = result.strip().partition(" ")
-        self.live = _release_of(target)
+        self.live = remote.release_of(target)
         if verb == "skip":
             self.final = Outcome.SKIPPED
             await self._end(Outcome.SKIPPED)
@@ -328,7 +273,7 @@ class _HostRun:
         await self._connect()
         await self._end()
         await self._begin("read")
-        self.live = _release_of(await self._run(_READ_LIVE, self.path))
+        self.live = remote.release_of(await self._run(remote.READ_LIVE, self.path))
         await self._end()
 
     async def _connect(self) -> None:
@@ -362,11 +307,11 @@ class _HostRun:
         except (OSError, asyncssh.Error) as exc:
             raise self._error(_lost_or_failed(exc), _describe(exc)) from None
         await self._end()
-        await self._command_step("unpack", _UNPACK, self.path, release.id, upload,
+        await self._command_step("unpack", remote.UNPACK, self.path, release.id, upload,
                                  release.sha256)
 
     async def _activate(self, release_id: str, exports: str) -> None:
-        own = _exports({"PUSHGUARD_RELEASE": release_id, "PUSHGUARD_PATH": self.path})
+        own = remote.exports({"PUSHGUARD_RELEASE": release_id, "PUSHGUARD_PATH": self.path})
         script = f'cd -- "$1/current"\n{exports}\n{own}\n{self.deploy_config.activate}'
         await self._command_step("activate", script, self.path)
 
@@ -498,28 +443,6 @@ async def _probe(http: aiohttp.ClientSession, url: str, budget: float,
             raise error(Outcome.FAILED, f"{url} not healthy within {budget:g}s: {last}")
         await asyncio.sleep(pause)  # retry backoff between probes
         pause = min(pause * 2, 2.0)
-
-
-def _exports(env: Mapping[str, str]) -> str:
-    """`export K='v' ...` for the activate script; ValueError on a bad name or a NUL."""
-    for name, value in env.items():
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        if "\0" in value:
-            raise ValueError(f"environment value of {name} holds a NUL character")
-    values = {"PUSHGUARD_PUSH": "", **env}
-    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items())
-
-
-def _check_release_id(release_id: str) -> None:
-    if not _RELEASE_ID.match(release_id):
-        raise ValueError(f"not a release id: {release_id!r}")
-
-
-def _release_of(target: str) -> str | None:
-    """`releases/<id>` (a symlink target) -> `<id>`; anything else -> None."""
-    head, _, tail = target.strip().rpartition("/")
-    return tail if head.endswith("releases") and tail else None
 
 
 def _lost_or_failed(exc: Exception) -> Outcome:
