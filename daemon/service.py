@@ -70,6 +70,8 @@ class Service:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._poller: asyncio.Task[None] | None = None
+        # a slot that found a push running: taken as soon as the pusher is free
+        self._owed_slot = False
         self.systemd = Systemd()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -211,17 +213,23 @@ class Service:
             push = await self.pusher.request(Trigger.SCHEDULE, "schedule",
                                              normal_allowed=self._window_open())
         except Busy as exc:
-            log.info("slot %s skipped: %s", slot.isoformat(), exc.message)
+            self._owed_slot = True
+            log.info("slot %s taken when the pusher is free: %s", slot.isoformat(), exc.message)
             return
         if push is None:
             log.debug("slot %s: nothing to push", slot.isoformat())
 
     async def _poll_expedited(self) -> None:
-        """Start an expedited fix without waiting for a slot (also while halted)."""
+        """Start an expedited fix without waiting for a slot (also while halted), and
+        take a slot that was missed because a push was running (at most one is owed)."""
         assert self.store is not None and self.pusher is not None
         while True:
             await asyncio.sleep(EXPEDITE_POLL)
             if self.pusher.busy:
+                continue
+            if self._owed_slot:
+                self._owed_slot = False
+                await self._tick(self.clock())
                 continue
             try:
                 waiting = await self.store.list_changes(ChangeState.APPROVED, limit=1000)
