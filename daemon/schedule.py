@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
@@ -113,6 +114,7 @@ class Ticker:
         self.next_at: datetime | None = None
 
     def start(self) -> None:
+        self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._scheduler.start()
         self._plan()
 
@@ -120,20 +122,30 @@ class Ticker:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
-    def _plan(self) -> None:
-        self.next_at = next_slot(self.config, self.tz, self._clock())
+    def _plan(self, after: datetime | None = None) -> None:
+        """Schedule the first slot after `after` (default: now) as its own job."""
+        now = self._clock()
+        self.next_at = next_slot(self.config, self.tz, max(now, after) if after else now)
         if self.next_at is None:
             log.warning("no push slot in the next %d days: check [schedule]", _HORIZON_DAYS)
             return
+        # one job per slot (its own id), so a slow tick never makes the next slot
+        # count as a second instance of a running job
         self._scheduler.add_job(self._fire, DateTrigger(run_date=self.next_at),
-                                id="slot", replace_existing=True)
+                                args=[self.next_at], id=f"slot {self.next_at.isoformat()}",
+                                replace_existing=True)
         log.debug("next push slot %s", self.next_at.isoformat())
 
-    async def _fire(self) -> None:
-        slot = self.next_at or self._clock()
+    async def _fire(self, slot: datetime) -> None:
+        # plan the next slot first: whatever the tick does, the schedule goes on
+        self._plan(after=slot)
         try:
             await self._tick(slot)
         except Exception:
             log.exception("the slot at %s could not hand work to the pusher", slot)
-        finally:
+
+    def _missed(self, event: JobEvent) -> None:
+        """A slot APScheduler did not run (the loop was blocked past the grace time)."""
+        log.warning("push slot %s was missed; planning the next one", event.job_id)
+        if self.next_at is None or self.next_at <= self._clock():
             self._plan()

@@ -116,3 +116,48 @@ async def test_ticker_fires_at_slots_through_apscheduler() -> None:
         ticker.shutdown()
     assert fired[1] > fired[0]
     assert ticker.next_at is not None and ticker.next_at > fired[1]
+
+
+async def test_a_slow_tick_never_stops_the_schedule() -> None:
+    """A tick that outlasts the gap between slots: the following slots still fire."""
+    config = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
+                     window_end=time(23, 59, 59), every=timedelta(seconds=1))
+    fired: list[datetime] = []
+    done = asyncio.Event()
+
+    async def slow_tick(slot: datetime) -> None:
+        fired.append(slot)
+        if len(fired) >= 4:
+            done.set()
+        await asyncio.sleep(1.5)  # longer than `every`: the pusher is busy
+
+    ticker = Ticker(config, UTC, slow_tick, lambda: datetime.now(UTC))
+    ticker.start()
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        ticker.shutdown()
+    assert fired == sorted(fired) and len(set(fired)) == len(fired)
+
+
+async def test_a_clock_behind_the_scheduler_does_not_fire_a_slot_twice_or_stall() -> None:
+    """APScheduler may run a job a hair before its time by our clock; the next slot
+    must still be the one after, not the same slot again (which APScheduler would
+    refuse as a second running instance, and the schedule would stop)."""
+    config = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
+                     window_end=time(23, 59, 59), every=timedelta(seconds=1))
+    fired: list[datetime] = []
+    done = asyncio.Event()
+
+    async def tick(slot: datetime) -> None:
+        fired.append(slot)
+        if len(fired) >= 3:
+            done.set()
+
+    ticker = Ticker(config, UTC, tick, lambda: datetime.now(UTC) - timedelta(milliseconds=300))
+    ticker.start()
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        ticker.shutdown()
+    assert len(set(fired)) == len(fired), fired
