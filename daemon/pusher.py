@@ -183,6 +183,11 @@ class Pusher:
         await self.store.add_check_results(push.id, 0, look.results, self.clock())
         degraded = look.verdict == Verdict.FAIL
         unavailable = look.verdict == Verdict.INCONCLUSIVE and "unavailable" in look.reason
+        if degraded and push.trigger == Trigger.EXPEDITE:
+            # a fix forward goes into the incident on purpose: that is what it is for
+            log.warning("push %d: service degraded before an expedited fix; pushing it: %s",
+                        push.id, look.reason)
+            return True
         if not (degraded or unavailable):
             return True
         why = ("service already degraded, not pushing into an incident: " if degraded

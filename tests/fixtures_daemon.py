@@ -22,6 +22,7 @@ from tests.shopsim import ACTIVATE, CHECKS, ShopSimulator
 from tests.sshfleet import SshFleet
 
 BASELINE = 8.0  # seconds of metrics the guard compares against
+BAKE = 6.0  # seconds each wave is watched
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +109,7 @@ async def daemon_factory(tmp_path: Path, shop_fleet: SshFleet, influxd: Influxd,
                  "known_hosts": str(shop_fleet.known_hosts), "connect_timeout": "5s"},
             influx_url=influxd.url, database="e2e", tokens_file=tmp_path / "tokens",
             checks=CHECKS, deploy={"path": shop_fleet.deploy_path(), **(deploy or {})},
-            guard={"baseline": f"{BASELINE:g}s", "warmup": "1s", "bake": "6s",
+            guard={"baseline": f"{BASELINE:g}s", "warmup": "1s", "bake": f"{BAKE:g}s",
                    "look_every": "1s"},
             schedule={"every": "2s", **(schedule or {})}, webhooks=webhooks)
         write_tokens(tmp_path / "tokens")
@@ -116,7 +117,9 @@ async def daemon_factory(tmp_path: Path, shop_fleet: SshFleet, influxd: Influxd,
         await service.start()
         started.append(service)
         # the guard needs a baseline of metrics before the first push
-        await asyncio.sleep(max(0.0, BASELINE + 1 - shop.running_for()))
+        # the guard needs a clean baseline of metrics before the first push: an earlier
+        # test may have left a bad release's errors in the last few seconds
+        await asyncio.sleep(max(0.0, BASELINE + BAKE + 1 - shop.healthy_for()))
         return Daemon(service, repo)
 
     yield start

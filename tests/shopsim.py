@@ -23,7 +23,7 @@ class ShopSimulator:
     """Writes `http,service=shop,host=NAME requests=Ni,errors=Ni` every `tick` seconds."""
 
     def __init__(self, fleet: SshFleet, deploy_path: str, influx_url: str, database: str, *,
-                 rps: float = 3000.0, tick: float = 0.25, good_ratio: float = 0.02,
+                 rps: float = 6000.0, tick: float = 0.25, good_ratio: float = 0.02,
                  bad_ratio: float = 0.3, seed: int = 7) -> None:
         self.fleet = fleet
         self.deploy_path = deploy_path
@@ -34,6 +34,7 @@ class ShopSimulator:
         self.bad_ratio = bad_ratio
         self.random = random.Random(seed)
         self.started = time.monotonic()
+        self.last_bad = 0.0  # monotonic time a host last served a bad release
         self.ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shop simulator", daemon=True)
@@ -48,6 +49,10 @@ class ShopSimulator:
 
     def running_for(self) -> float:
         return time.monotonic() - self.started
+
+    def healthy_for(self) -> float:
+        """Seconds since the metrics last showed a bad release (or since the start)."""
+        return time.monotonic() - max(self.started, self.last_bad)
 
     def _is_bad(self, current: Path) -> bool:
         try:
@@ -70,7 +75,10 @@ class ShopSimulator:
             lines = []
             for host in self.fleet.hosts:
                 current = host.local(self.fleet.remote_path(host, self.deploy_path)) / "current"
-                ratio = self.bad_ratio if self._is_bad(current) else self.good_ratio
+                bad = self._is_bad(current)
+                if bad:
+                    self.last_bad = time.monotonic()
+                ratio = self.bad_ratio if bad else self.good_ratio
                 requests = max(1, int(self.random.gauss(self.rps * self.tick,
                                                         (self.rps * self.tick) ** 0.5)))
                 mean = requests * ratio  # binomial, by its normal approximation
