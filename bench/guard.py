@@ -1,4 +1,4 @@
-"""Guard quality benchmark: `python -m bench.guard [--seed N] [--jobs 2] [--write DIR]`.
+"""Guard quality benchmark: `python -m bench.guard [--seed N] [--jobs 2] [--write DIR] [--quick]`.
 
 Generates a seeded set of pushes (bench/synthetic.py: count, ratio and
 latency checks at 0.5 to 500 requests per second with a daily cycle; shapes
@@ -10,6 +10,13 @@ alarm rate, detection by severity, the inconclusive rate and the time to
 detect, by kind and traffic level, the three judges side by side, and which
 of issue 4's goals are met. `--write DIR` also saves every scenario as JSON
 for `pushguard judge`.
+
+On the synthetic pushes it also runs two oracles (bench/oracle.py) that read
+the generator's own draws: one knows the true noise model, one also its
+realisation (sampling noise only). Printed beside the guard, they show how
+much of a detection gap is statistics the guard could still win and how much
+no judge can: the same false-alarm budget, one test at the end of the canary
+bake. `--quick` runs a quarter of the pushes, for iterating only.
 
 Time to detect is measured from the end of the canary's warm-up, or from
 the regression's onset when that is later, to the look that failed.
@@ -36,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import judges
+from bench import judges, oracle
 from bench.nab import GAUGE_CHECK, Nab, default_root, gauge_scenario, traffic_scenario
 from bench.synthetic import CHECKS, GENERATOR, SHAPES, scenario
 from checks.scenario import load, replay
@@ -73,10 +80,10 @@ def make_specs(seed: int, per_cell: int, nab_gauge: int, nab_traffic: int) -> li
     return specs
 
 
-def build(spec: Spec, nab: Nab) -> dict[str, Any]:
+def build(spec: Spec, nab: Nab, latent: dict[str, Any] | None = None) -> dict[str, Any]:
     background, kind, level, expected, sev, shape, seed = spec
     if background == "synthetic":
-        return scenario(kind, level, expected, sev, shape, seed)
+        return scenario(kind, level, expected, sev, shape, seed, latent)
     if background == "nab-traffic":
         return traffic_scenario(nab, kind, level, expected, sev, shape, seed)
     return gauge_scenario(nab, background.removeprefix("nab:"), expected, sev, shape, seed)
@@ -87,7 +94,8 @@ def run_chunk(chunk: list[Spec], write: str | None) -> list[dict[str, Any]]:
     nab = Nab(default_root())
     out = []
     for spec in chunk:
-        data = build(spec, nab)
+        latent: dict[str, Any] = {}
+        data = build(spec, nab, latent)
         if write:
             name = f"{spec[6]}-{spec[1]}-{spec[3]}.json"
             (Path(write) / name).write_text(json.dumps(data))
@@ -107,6 +115,8 @@ def run_chunk(chunk: list[Spec], write: str | None) -> list[dict[str, Any]]:
             ttd = (o.at - origin).total_seconds() if o.at is not None else None
             result[judge] = {"verdict": o.verdict, "wave": o.wave, "ttd": ttd}
         result["guard_reason"] = g.reason
+        if latent:
+            result["oracle"] = oracle.judge(data, latent, spec[6])
         out.append(result)
     return out
 
@@ -197,6 +207,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     shapes += [["regression " + s, "", *(rate(pick(rows, shape=s, kinds=traffic, min_level=5),
                                               j, fails) for j in JUDGES)] for s in SHAPES]
     table("By shape (failed)", ["shape", "", *JUDGES], shapes)
+    oracle_tables(rows)
     goals(rows)
 
 
@@ -214,6 +225,40 @@ def _kind_lines(rows: list[dict[str, Any]]) -> Iterable[list[str]]:
                        rate(pick(det, severity="severe"), j, fails),
                        ttd(pick(det, severity="severe"), j),
                        rate(pick(det, severity="moderate"), j, fails)]
+
+
+def oracle_tables(rows: list[dict[str, Any]]) -> None:
+    """The guard beside the oracles (bench/oracle.py) on the synthetic scenarios."""
+    syn = [r for r in rows if "oracle" in r]
+    if not syn:
+        return
+
+    def o_rate(sub: list[dict[str, Any]], which: str) -> str:
+        k = sum(1 for r in sub if r["oracle"][which] == "fail")
+        return f"{100.0 * k / len(sub):5.1f}%" if sub else "-"
+
+    def g_rate(sub: list[dict[str, Any]]) -> str:
+        k = sum(1 for r in sub if fails_bake1(r["guard"]))
+        return f"{100.0 * k / len(sub):5.1f}%" if sub else "-"
+
+    def lines(sev: str) -> Iterable[list[str]]:
+        for kind in ("count", "ratio", "latency", "all"):
+            for lv in [*GENERATOR["levels_rps"], ">=5"]:
+                sub = pick(syn, severity=sev) if kind == "all" else pick(syn, severity=sev,
+                                                                         kind=kind)
+                sub = pick(sub, min_level=5) if lv == ">=5" else pick(sub, level=lv)
+                if sub:
+                    yield [kind, f"{lv:g}" if isinstance(lv, float | int) else lv,
+                           str(len(sub)), g_rate(sub), o_rate(sub, "model"),
+                           o_rate(sub, "clairvoyant")]
+
+    header = ["kind", "rps", "n", "guard", "oracle (noise model)",
+              "clairvoyant (sampling only)"]
+    table("Oracles (synthetic only; failed by the end of the canary bake, alpha 0.005 "
+          "one-sided): MODERATE regressions", header, lines("moderate"))
+    table("Oracles: SEVERE regressions", header, lines("severe"))
+    table("Oracles: HARMLESS pushes failed (the oracles' own false alarms, canary bake)",
+          header, lines("none"))
 
 
 def share(sub: list[dict[str, Any]], judge: str, test: Any) -> float:
@@ -283,7 +328,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--write", help="folder to save every scenario as JSON")
     parser.add_argument("--json", help="file to save the per-scenario results")
+    parser.add_argument("--quick", action="store_true",
+                        help="a quarter of the pushes (--per-cell 15, --nab-gauge 3, "
+                             "--nab-traffic 2), for iterating; not for the README")
     args = parser.parse_args()
+    if args.quick:
+        args.per_cell, args.nab_gauge, args.nab_traffic = 15, 3, 2
     began = time.monotonic()
     specs = make_specs(args.seed, args.per_cell, args.nab_gauge, args.nab_traffic)
     if args.write:

@@ -101,7 +101,8 @@ def blip_cover(t0: np.ndarray, step: float, lives: list[float], length: float) -
     return clipped
 
 
-def traffic(rng: np.random.Generator, level: float, hours: np.ndarray) -> np.ndarray:
+def traffic(rng: np.random.Generator, level: float, hours: np.ndarray,
+            latent: dict[str, Any] | None = None) -> np.ndarray:
     """Expected requests per second per interval: daily cycle, slow wander, fast noise."""
     g = GENERATOR
     amp = rng.uniform(*g["daily_amplitude"])
@@ -111,12 +112,22 @@ def traffic(rng: np.random.Generator, level: float, hours: np.ndarray) -> np.nda
     wander = ar1(rng, n, g["traffic_wander_sd"], g["interval_s"])
     noise = rng.normal(0.0, g["traffic_noise_sd"], n)
     out: np.ndarray = level * cycle * np.exp(wander + noise)
+    if latent is not None:
+        latent["cycle"] = level * cycle
     return out
 
 
 def scenario(kind: str, level: float, expected: str, severity: str, shape: str,
-             seed: int) -> dict[str, Any]:
-    """One scenario dict (see checks.scenario) with its generator notes."""
+             seed: int, latent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One scenario dict (see checks.scenario) with its generator notes.
+
+    `latent`, when given, receives what the generator drew besides the
+    series (for `bench.oracle`, which knows the true noise model): the
+    interval starts `t0` (seconds from the push), the expected rate per
+    interval without the regression (`mean`: requests for a count, the error
+    ratio for a ratio, the log median latency for latency), its deterministic
+    part (`fixed`) and the drawn constants. The draws are the same with or
+    without it."""
     g = GENERATOR
     rng = np.random.default_rng(seed)
     step = float(g["interval_s"])
@@ -135,17 +146,22 @@ def scenario(kind: str, level: float, expected: str, severity: str, shape: str,
         else np.zeros(n)
     factor = g[severity][kind] if expected == "regression" else 1.0
     path, onset = effect_path(mid, shape if expected == "regression" else "none", factor, rng)
-    rate = traffic(rng, level, hours)
+    drawn: dict[str, Any] = {}
+    rate = traffic(rng, level, hours, drawn)
     series: dict[str, list[float]] = {}
     histograms: dict[str, Any] = {}
+    info: dict[str, Any] = {"t0": t0, "cover": cover, "requests_per_s": drawn["cycle"]}
     if kind == "count":
         dip = 1.0 - (1.0 - rng.uniform(*g["blip_throughput_factor"])) * cover
         series["requests"] = rng.poisson(rate * step * dip * path).astype(float).tolist()
+        info.update(mean=rate * step * dip, fixed=drawn["cycle"] * step * dip)
     elif kind == "ratio":
         requests = rng.poisson(rate * step)
         p0 = math.exp(rng.uniform(*np.log(g["error_ratio"])))
         p = p0 * np.exp(ar1(rng, n, g["error_wander_sd"], step)) * path
-        p = p * (1.0 + (rng.uniform(*g["blip_error_factor"]) - 1.0) * cover)
+        blip_factor = 1.0 + (rng.uniform(*g["blip_error_factor"]) - 1.0) * cover
+        info.update(mean=p / path * blip_factor, fixed=p0 * blip_factor)
+        p = p * blip_factor
         series["requests"] = requests.astype(float).tolist()
         series["errors"] = rng.binomial(requests, np.clip(p, 0.0, 1.0)).astype(float).tolist()
     else:
@@ -154,10 +170,14 @@ def scenario(kind: str, level: float, expected: str, severity: str, shape: str,
         sigma = rng.uniform(*g["latency_sigma"])
         mu = math.log(median) + ar1(rng, n, g["latency_wander_sd"], step) + np.log(path)
         slow = math.log(rng.uniform(*g["blip_latency_factor"]))
+        info.update(mean=mu - np.log(path), fixed=np.full(n, math.log(median)), sigma=sigma,
+                    slow=slow)
         counts = [_histogram(rng, int(k), m, sigma, c, slow).tolist()
                   for k, m, c in zip(requests, mu, cover, strict=True)]
         series["requests"] = requests.astype(float).tolist()
         histograms["ms"] = {"edges": EDGES.tolist(), "counts": counts}
+    if latent is not None:
+        latent.update(info)
     return {
         "name": f"{kind} {expected} {severity} {shape} {level:g} rps #{seed}",
         "expected": expected, "interval": f"{step:g}s",

@@ -35,6 +35,7 @@ class ShopSimulator:
         self.random = random.Random(seed)
         self.started = time.monotonic()
         self.last_bad = 0.0  # monotonic time a host last served a bad release
+        self.incident = False  # every host fails as if bad, whatever is live (not a push)
         self.ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shop simulator", daemon=True)
@@ -75,7 +76,7 @@ class ShopSimulator:
             lines = []
             for host in self.fleet.hosts:
                 current = host.local(self.fleet.remote_path(host, self.deploy_path)) / "current"
-                bad = self._is_bad(current)
+                bad = self.incident or self._is_bad(current)
                 if bad:
                     self.last_bad = time.monotonic()
                 ratio = self.bad_ratio if bad else self.good_ratio

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from daemon.errors import Busy
 from daemon.models import ChangeState, PushState, QueueState
 from tests.fixtures_daemon import Daemon, current_of
+from tests.shopsim import ShopSimulator
 from tests.sshfleet import SshFleet
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,3 +99,30 @@ async def test_webhooks_follow_the_push(
     assert [body["event"] for body in received] == ["started", "passed"]
     assert all(body["push"] == push.id and body["text"].startswith("pushguard: ")
                for body in received)
+
+
+async def test_no_push_into_an_incident(daemon_factory: Callable[..., Awaitable[Daemon]],
+                                        shop: ShopSimulator) -> None:
+    """Checkouts start failing with no push; a push asked for now is postponed, the
+    change goes back to the queue, and an expedited fix still goes out."""
+    d = await daemon_factory(schedule=QUIET)
+    change = await d.approve("feature", {"app.txt": "feature\n"})
+    shop.incident = True
+    try:
+        await asyncio.sleep(3)  # the incident fills most of the pre-flight's recent window
+        push = await d.service.push_now("alice")
+        assert push is not None and d.service.pusher is not None
+        await d.service.pusher.wait()
+        final = await d.store.get_push(push.id)
+        assert final.state == PushState.ABORTED, final
+        assert final.reason.startswith("postponed: service already degraded"), final.reason
+        assert "checkout errors" in final.reason
+        assert (await d.store.get_change(change)).state == ChangeState.APPROVED
+        assert [r for r in await d.store.check_results(push.id) if r["verdict"] == "fail"]
+        assert not await d.store.host_results(push.id)  # no host was touched
+        fix = await d.approve("fix", {"app.txt": "fix\n"}, expedite=True)
+        await d.until(lambda: d.change_done(fix))
+        fix_push = await d.push_of(fix)
+        assert fix_push.trigger == "expedite" and fix_push.state != PushState.ABORTED
+    finally:
+        shop.incident = False
