@@ -54,6 +54,8 @@ class InvalidTransition(StoreError):
     code = "invalid_transition"
 
     def __init__(self, entity: str, entity_id: object, from_state: str, to_state: str) -> None:
+        # str(): the states are often StrEnums, whose repr is not what a person reads
+        from_state, to_state = str(from_state), str(to_state)
         super().__init__(
             f"{entity} {entity_id}: cannot go from {from_state!r} to {to_state!r}",
             entity=entity,
