@@ -163,6 +163,7 @@ class Pusher:
             return
         await self.guard.mark(push_id=push.id, release=release.id, phase="start", verdict=None,
                               at=self.clock())
+        baseline = await self._baseline(push, started)
         touched: list[HostConfig] = []
         failure: Failure | None = None
         plan = waves(self.config.hosts, self.config.deploy.canary)
@@ -171,7 +172,7 @@ class Pusher:
         for number, hosts in enumerate(plan, start=1):
             failure = await self._deploy_wave(push, release, number, hosts, touched)
             if failure is None:
-                failure = await self._bake(push, number, started)
+                failure = await self._bake(push, number, baseline)
             if failure is not None:
                 break
         await self._conclude(push, release, failure, touched)
@@ -266,7 +267,26 @@ class Pusher:
 
         return on_step
 
-    async def _bake(self, push: Push, wave: int, started: datetime) -> Failure | None:
+    async def _baseline(self, push: Push, started: datetime) -> tuple[datetime, datetime]:
+        """The window the bakes compare with: `guard.baseline` before the push.
+
+        An expedited fix while the queue is halted by a failed push is compared
+        with the incident only: its baseline starts no earlier than the moment
+        the failed push's first wave went live, so healthy minutes from before
+        the incident do not blur the comparison.
+        """
+        start = started - self.config.guard.baseline
+        control = await self.store.control()
+        if push.trigger == Trigger.EXPEDITE and control.state == QueueState.HALTED \
+                and control.halted_by_push is not None:
+            for event in await self.store.events(push_id=control.halted_by_push, limit=1000):
+                if event.entity == "push" and event.to_state == PushState.BAKING:
+                    start = max(start, event.at)
+                    break
+        return start, started
+
+    async def _bake(self, push: Push, wave: int,
+                    baseline: tuple[datetime, datetime]) -> Failure | None:
         """Watch the checks after a wave; a Failure on clear evidence or no verdict.
 
         With `on_inconclusive = "extend:D"` the looks are planned over bake + D
@@ -278,7 +298,6 @@ class Pusher:
         await self.store.transition_push(push.id, PushState.BAKING, ACTOR,
                                          f"wave {wave} live; baking {guard.bake}", self.clock())
         live_at = self.clock()
-        baseline = (started - guard.baseline, started)
         looks = self.guard.looks(guard.bake)
         total = self.guard.looks(guard.bake + guard.extend) \
             if guard.on_inconclusive == "extend" else looks

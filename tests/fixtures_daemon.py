@@ -21,7 +21,7 @@ from tests.influxd import Influxd
 from tests.shopsim import ACTIVATE, CHECKS, ShopSimulator
 from tests.sshfleet import SshFleet
 
-BASELINE = 8.0  # seconds of metrics the guard compares against
+BASELINE = 16.0  # seconds of metrics the guard compares against (short ones cost power)
 BAKE = 6.0  # seconds each wave is watched
 
 
