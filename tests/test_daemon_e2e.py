@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from daemon.models import ChangeState, PushState, QueueState, Trigger
-from tests.fixtures_daemon import Daemon, current_of
+from tests.fixtures_daemon import BASELINE, Daemon, current_of
 from tests.sshfleet import SshFleet
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,7 +40,10 @@ async def test_pushes_pass_then_a_bad_change_halts_and_a_fix_goes_forward(
     assert evidence and evidence[0]["name"] == "checkout errors"
     assert evidence[0]["queries"] and evidence[0]["before"] and evidence[0]["after"]
     assert (await d.store.get_change(bad)).state == ChangeState.FAILED
-    await asyncio.sleep(5)  # two more slots pass: the halted queue pushes nothing
+    # slots pass: the halted queue pushes nothing; and, like a team writing its fix, this
+    # gives the fix's baseline (which starts when the failed push went live) a full
+    # BASELINE of the incident to be compared with
+    await asyncio.sleep(BASELINE + 1)
     assert (await d.store.get_change(waiting)).state == ChangeState.APPROVED
 
     fix = await d.approve("fix checkout", {"app.txt": "fixed\n", "BAD": "0\n"},
