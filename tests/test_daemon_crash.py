@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_env import write_config, write_tokens
+from tests.fixtures_daemon import current_of
 from tests.gitrepo import commit, make_repo
 from tests.influxd import Influxd
 from tests.shopsim import ACTIVATE, CHECKS, ShopSimulator
@@ -157,14 +158,6 @@ def daemon(tmp_path: Path, shop_fleet: SshFleet, influxd: Influxd,
     process.stop()
 
 
-def _live_on_hosts(fleet: SshFleet) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for host in fleet.hosts:
-        link = host.local(fleet.remote_path(host, fleet.deploy_path())) / "current"
-        out[host.name] = link.readlink().name if link.is_symlink() else None
-    return out
-
-
 def test_sigkill_at_each_push_step(daemon: tuple[Daemon, Path], shop_fleet: SshFleet) -> None:
     process, repo = daemon
     process.start()
@@ -198,7 +191,7 @@ def held_invariants(process: Daemon, fleet: SshFleet, change_id: int, step: str)
     status = process.call("GET", "/v1/status")
     assert status["state"] == "halted" and f"push {push['id']}" in status["reason"], status
     recorded = {h["name"]: h["live_release"] for h in process.call("GET", "/v1/hosts")["hosts"]}
-    assert recorded == _live_on_hosts(fleet), step
+    assert recorded == current_of(fleet), step
     every = process.call("GET", "/v1/changes?limit=1000")["changes"]
     assert change_id in [c["id"] for c in every]
     return int(push["id"])
