@@ -364,10 +364,11 @@ class Pusher:
             return
         why = failure.reason + (" (irreversible change: not rolled back)"
                                 if self.config.deploy.on_regression == "rollback" else "")
+        halt = f"push {push.id} failed: {why}"
         final = await self.store.finish_push(push.id, PushState.FAILED, ChangeState.FAILED,
-                                             ACTOR, why, now, verdict=failure.verdict)
+                                             ACTOR, why, now, halt=halt, verdict=failure.verdict)
+        self._halted(push.id, halt)
         await self._marker(final, release)
-        await self._halt(push.id, f"push {push.id} failed: {why}")
 
     async def _roll_back(self, push: Push, release: Release, failure: Failure,
                          touched: list[HostConfig]) -> None:
@@ -392,10 +393,11 @@ class Pusher:
         await self._marker(failed, release)
         if bad:
             why = f"{failure.reason}; rollback incomplete: " + "; ".join(map(_describe, bad))
+            halt = (f"push {push.id} failed and could not be rolled back on "
+                    + ", ".join(o.host for o in bad))
             await self.store.finish_push(push.id, PushState.ROLLED_BACK, ChangeState.FAILED,
-                                         ACTOR, why, self.clock())
-            await self._halt(push.id, f"push {push.id} failed and could not be rolled back on "
-                             + ", ".join(o.host for o in bad))
+                                         ACTOR, why, self.clock(), halt=halt)
+            self._halted(push.id, halt)
             return
         await self.store.finish_push(push.id, PushState.ROLLED_BACK, ChangeState.REVERTED,
                                      ACTOR, f"{failure.reason}; rolled back", self.clock())
@@ -407,8 +409,8 @@ class Pusher:
                               verdict=str(push.verdict) if push.verdict else None,
                               at=self.clock())
 
-    async def _halt(self, push_id: int, reason: str) -> None:
-        await self.store.set_queue(QueueState.HALTED, ACTOR, reason, self.clock(), push_id)
+    def _halted(self, push_id: int, reason: str) -> None:
+        """Announce a halt that the store recorded with the push's end."""
         self.webhooks.emit("failed", reason, {"push": push_id})
         self.webhooks.emit("halted", f"queue halted: {reason}", {"push": push_id,
                                                                   "reason": reason})
@@ -444,13 +446,11 @@ async def interrupt(store: Store, push_id: int, why: str, now: datetime) -> None
     push = await store.get_push(push_id)
     if push.state not in (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING):
         return
-    await store.finish_push(push_id, PushState.INTERRUPTED, change_to, "pusher",
-                            f"{why}{where}", now)
     hosts = ", ".join(touched) if touched else "none"
-    await store.set_queue(
-        QueueState.HALTED, "pusher",
-        f"push {push_id} was interrupted{where} ({why}); hosts touched: {hosts}. Check what "
-        f"runs where (GET /v1/hosts), then resume or push a fix", now, push_id)
+    await store.finish_push(
+        push_id, PushState.INTERRUPTED, change_to, "pusher", f"{why}{where}", now,
+        halt=f"push {push_id} was interrupted{where} ({why}); hosts touched: {hosts}. Check "
+        f"what runs where (GET /v1/hosts), then resume or push a fix")
 
 
 async def recover(store: Store, fleet: Fleet, hosts: Sequence[HostConfig], now: datetime,

@@ -174,8 +174,12 @@ class Store:
         return await self.call(transition_push, push_id, to, actor, reason, now, fields)
 
     async def finish_push(self, push_id: int, to: PushState, change_to: ChangeState,
-                          actor: str, reason: str, now: datetime, **fields: Any) -> Push:
-        return await self.call(finish_push, push_id, to, change_to, actor, reason, now, fields)
+                          actor: str, reason: str, now: datetime, *, halt: str | None = None,
+                          **fields: Any) -> Push:
+        """End a push and its changes; with `halt`, halt the queue with that reason in the
+        same transaction (a crash can never leave a failed push behind a running line)."""
+        return await self.call(finish_push, push_id, to, change_to, actor, reason, now, fields,
+                               halt)
 
     async def get_push(self, push_id: int) -> Push:
         return await self.call(get_push, push_id)
@@ -419,8 +423,10 @@ def _push_fields(to: PushState, reason: str, now: datetime,
 
 
 def finish_push(db: Database, push_id: int, to: PushState, change_to: ChangeState, actor: str,
-                reason: str, now: datetime, fields: dict[str, Any]) -> Push:
-    """Move a push and all its changes to their end states in one transaction."""
+                reason: str, now: datetime, fields: dict[str, Any],
+                halt: str | None = None) -> Push:
+    """Move a push and all its changes to their end states, and halt the queue with
+    `halt` as the reason when given, in one transaction."""
     with write(db):
         _transition(db, "push", push_id, to, actor, reason, now, push_id,
                     _push_fields(to, reason, now, fields))
@@ -431,6 +437,8 @@ def finish_push(db: Database, push_id: int, to: PushState, change_to: ChangeStat
             if state != change_to and allowed("change", state, change_to):
                 _transition(db, "change", change_id, change_to, actor,
                             f"push {push_id} {to}", now, push_id)
+        if halt is not None:
+            set_queue(db, QueueState.HALTED, actor, halt, now, push_id, ())
     return get_push(db, push_id)
 
 
