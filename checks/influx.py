@@ -13,6 +13,8 @@ field for graph annotations.
 
 from __future__ import annotations
 
+import logging
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from daemon.config import InfluxConfig
 from daemon.errors import CheckError
 
 __all__ = ["QUANTILE", "MetricSource", "Series", "marker_line", "open_source", "read_secret"]
+
+log = logging.getLogger("pushguard.influx")
 
 
 def open_source(config: InfluxConfig) -> MetricSource:
@@ -40,10 +44,14 @@ def open_source(config: InfluxConfig) -> MetricSource:
 def read_secret(path: Path, key: str) -> str:
     """The first line of a secret file, stripped; the message never holds the content."""
     try:
+        mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CheckError(f"influxdb.{key}: cannot read {path}: {exc.strerror}",
                          file=str(path)) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s: the influxdb.%s file is open to group or others (mode %o); "
+                    "chmod 600 it", path, key, stat.S_IMODE(mode))
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not secret:
         raise CheckError(f"influxdb.{key}: {path} is empty", file=str(path))

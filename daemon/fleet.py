@@ -40,9 +40,11 @@ import logging
 import math
 import secrets
 import shlex
+import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import asyncssh
@@ -459,3 +461,13 @@ def _setup_failure(host: HostConfig, exc: Exception) -> HostOutcome:
                        f"cannot load ssh key or known_hosts: {_describe(exc)}", 0.0, None)
 
 
+def warn_if_open(key_file: Path) -> None:
+    """Warn (once, at start) when group or others may read the SSH private key; OpenSSH
+    itself refuses such a key. An unreadable key is reported per host by the fan-out."""
+    try:
+        mode = key_file.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s: the ssh.key_file is open to group or others (mode %o); chmod 600 it",
+                    key_file, stat.S_IMODE(mode))

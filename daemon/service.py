@@ -29,7 +29,7 @@ from checks.verdict import Guard
 from daemon import schedule
 from daemon.config import Config
 from daemon.errors import Busy, StoreError
-from daemon.fleet import Fleet
+from daemon.fleet import Fleet, warn_if_open
 from daemon.models import ChangeState, Control, Push, QueueState, Trigger
 from daemon.notify import Systemd, Webhooks
 from daemon.pusher import Pusher, recover
@@ -93,6 +93,7 @@ class Service:
         self.source = open_source(config.influxdb)
         guard = Guard(config.guard, config.checks, self.source)
         self.fleet = Fleet(config.ssh, config.deploy, config.hosts)
+        warn_if_open(config.ssh.key_file)
         self.webhooks = Webhooks(config.webhooks)
         self.pusher = Pusher(config=config, store=self.store, fleet=self.fleet, guard=guard,
                              webhooks=self.webhooks, clock=self.clock)
