@@ -49,21 +49,35 @@ def in_freeze(config: ScheduleConfig, at: datetime) -> bool:
 
 def slots_on(config: ScheduleConfig, day: date, tz: tzinfo) -> list[datetime]:
     """The push slots of one local day, as aware datetimes in the time zone `tz`."""
+    return list(_slots(config, day, tz))
+
+
+def _slots(config: ScheduleConfig, day: date, tz: tzinfo, first: int = 0) -> Iterator[datetime]:
+    """The push slots of one local day from slot number `first` on, in order."""
     if day.weekday() not in config.days:
-        return []
+        return
     start = datetime.combine(day, config.window_start, tzinfo=tz)
     end = datetime.combine(day, config.window_end, tzinfo=tz)
-    slots: list[datetime] = []
     # step in wall-clock minutes so that a slot at 09:20 stays at 09:20 on any day
-    offset = timedelta(0)
-    index = 0
-    while start + offset < end:
-        local = start + offset + _jitter(config, day, index)
+    index = first
+    while start + config.every * index < end:
+        local = start + config.every * index + _jitter(config, day, index)
         if local < end and _exists(local) and not in_freeze(config, local):
-            slots.append(local)
-        offset += config.every
+            yield local
         index += 1
-    return slots
+
+
+def _first_candidate(config: ScheduleConfig, day: date, tz: tzinfo, now: datetime) -> int:
+    """A slot number of `day` below which no slot comes after `now`, so that next_slot
+    skips those slots instead of building them (a day of 1s slots holds 86400).
+
+    A slot's wall time is below start + (number + 1) * every (jitter < every); wall
+    clock and real time part by at most an hour on a daylight-saving day, so stay an
+    hour and a slot behind `now`.
+    """
+    start = datetime.combine(day, config.window_start, tzinfo=tz)
+    wall = now.astimezone(tz).replace(tzinfo=None) - start.replace(tzinfo=None)
+    return max(0, int((wall - timedelta(hours=1)) / config.every) - 1)
 
 
 def _days_from(now: datetime, tz: tzinfo) -> Iterator[date]:
@@ -75,7 +89,7 @@ def _days_from(now: datetime, tz: tzinfo) -> Iterator[date]:
 def next_slot(config: ScheduleConfig, tz: tzinfo, now: datetime) -> datetime | None:
     """The first slot strictly after `now`, or None if there is none within a year."""
     for day in _days_from(now, tz):
-        for slot in slots_on(config, day, tz):
+        for slot in _slots(config, day, tz, _first_candidate(config, day, tz, now)):
             if slot > now:
                 return slot
     return None
