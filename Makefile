@@ -70,3 +70,17 @@ demo-check: deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# the long reliability runs (the suite runs short variants of both): SIGKILLs at random
+# moments under both policies with bad changes among the good, and 25 pushes in a row to
+# ten hosts under scraping and polling; each prints its figures
+CHAOS_KILLS ?= 20
+LOAD_PUSHES ?= 25
+.PHONY: chaos load
+
+chaos: deps
+	CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_BAD=0.2 CHAOS_POLICIES=halt,rollback \
+	  $(BIN)/pytest -q -p no:cacheprovider -s tests/test_chaos.py
+
+load: deps
+	LOAD_PUSHES=$(LOAD_PUSHES) $(BIN)/pytest -q -p no:cacheprovider -s tests/test_load.py
