@@ -70,8 +70,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class Failure:
+    """Why a wave did not pass. `halts` is False only for a bake without a verdict
+    that `on_inconclusive = "pass"` lets through: the push goes on, and is recorded
+    as passed with verdict `inconclusive`, never as a pass of the guard."""
+
     verdict: Verdict
     reason: str
+    halts: bool = True
 
 
 def waves(hosts: Sequence[HostConfig], canary: int) -> list[list[HostConfig]]:
@@ -166,6 +171,7 @@ class Pusher:
         baseline = await self._baseline(push, started)
         touched: list[HostConfig] = []
         failure: Failure | None = None
+        unjudged: list[Failure] = []  # bakes without a verdict, passed by policy
         plan = waves(self.config.hosts, self.config.deploy.canary)
         assert self.progress is not None
         self.progress.waves = len(plan)
@@ -173,9 +179,12 @@ class Pusher:
             failure = await self._deploy_wave(push, release, number, hosts, touched)
             if failure is None:
                 failure = await self._bake(push, number, baseline)
+            if failure is not None and not failure.halts:
+                unjudged.append(failure)
+                failure = None
             if failure is not None:
                 break
-        await self._conclude(push, release, failure, touched)
+        await self._conclude(push, release, failure, touched, unjudged)
 
     async def _preflight(self, push: Push) -> bool:
         assert self.progress is not None
@@ -310,7 +319,8 @@ class Pusher:
         if guard.on_inconclusive == "pass":
             log.warning("push %d wave %d inconclusive, passing by policy: %s",
                         push.id, wave, look.reason)
-            return None
+            return Failure(Verdict.INCONCLUSIVE, f"wave {wave}: no verdict: {look.reason}",
+                           halts=False)
         return Failure(Verdict.INCONCLUSIVE, f"wave {wave}: no verdict: {look.reason}")
 
     async def _looks(self, push: Push, wave: int, live_at: datetime,
@@ -346,12 +356,16 @@ class Pusher:
     # -- the end of a push --------------------------------------------------------
 
     async def _conclude(self, push: Push, release: Release, failure: Failure | None,
-                        touched: list[HostConfig]) -> None:
+                        touched: list[HostConfig], unjudged: Sequence[Failure] = ()) -> None:
         now = self.clock()
         if failure is None:
+            why, verdict = "every wave passed", Verdict.PASS
+            if unjudged:
+                why = 'passed by policy (on_inconclusive = "pass"): ' + "; ".join(
+                    u.reason for u in unjudged)
+                verdict = Verdict.INCONCLUSIVE
             final = await self.store.finish_push(push.id, PushState.PASSED, ChangeState.LIVE,
-                                                 ACTOR, "every wave passed", now,
-                                                 verdict=Verdict.PASS)
+                                                 ACTOR, why, now, verdict=verdict)
             await self._marker(final, release)
             self.webhooks.emit("passed", f"push {push.id} passed: {release.id[:12]}",
                                {"push": push.id, "release": release.id})

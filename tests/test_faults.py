@@ -162,6 +162,32 @@ async def test_influxdb_slower_than_its_timeout_at_the_bake_is_never_a_pass(
     assert "no answer within 2s" in reason
 
 
+async def test_a_bake_without_a_verdict_passed_by_policy_is_recorded_as_inconclusive(
+        start: Start, fault_fleet: SshFleet, fault_shop: ShopSimulator,
+        influx_proxy: InfluxProxy) -> None:
+    await clean_baseline(fault_shop)
+    d = await start(influx_url=influx_proxy.url, checks=CHECKS,
+                    guard={**GUARD, "on_inconclusive": "pass"})
+    ref = commit(d.repo, "one", {"app.txt": "unjudged\n"})
+    change = await d.queue.enqueue(ref, "one", "dev", d.service.clock())
+    await d.queue.approve(change.id, "reviewer", d.service.clock())
+    pushed = await d.service.push_now("tester")
+    assert pushed is not None
+
+    async def baking() -> bool:
+        return (await d.store.get_push(pushed.id)).state == PushState.BAKING
+    await d.until(baking, 30)
+    influx_proxy.set("down")
+    assert d.service.pusher is not None
+    await d.service.pusher.wait()
+    final = await d.store.get_push(pushed.id)
+    # the policy lets it through, but the record says the guard never judged it
+    assert final.state == PushState.PASSED and final.verdict == "inconclusive", final
+    assert final.reason.startswith("passed by policy") and "metrics unavailable" in final.reason
+    assert (await d.store.control()).state == QueueState.RUNNING
+    assert set(live_on(fault_fleet).values()) == {final.release}
+
+
 async def assert_unjudged(d: Daemon, push_id: int, fleet: SshFleet,
                           before: dict[str, str | None]) -> str:
     """The push could not be judged: inconclusive, the line halted, never a pass."""
