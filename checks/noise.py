@@ -19,7 +19,11 @@ Three parts, all measured on the metric itself before the push:
   from the baseline's centre to the after window's, as a log rate ratio: the
   comparison expects the after rate to be the baseline's times e^drift.
   `drift_var` is its variance (the fit's covariance, widened for the
-  blocks' autocorrelation by (1 + rho) / (1 - rho)), added to the test's.
+  blocks' autocorrelation by (1 + rho) / (1 - rho)). A drift the history
+  cannot tell from noise is shrunk towards none (`Noise.expected_shift`).
+
+`prediction` uses the wander's persistence: the baseline's last minutes
+predict where the after window's level lies relative to the baseline's.
 
 Without a history (fewer than six blocks) the baseline, cut into blocks of
 about five minutes, stands in for it.
@@ -48,16 +52,33 @@ class Noise:
     drift: float
     drift_var: float
 
-    persistence: float = 0.0  # correlation time of the wander, seconds
+    persistence: float = 0.0  # correlation time of the wander, seconds (high estimate)
+    persistence_mid: float = 0.0  # its central estimate
+    persistence_low: float = 0.0  # its low estimate
+
+    @property
+    def persistence_range(self) -> tuple[float, float, float]:
+        return self.persistence_low, self.persistence_mid, self.persistence
 
     def window(self, span: float) -> float:
         """The wander variance of the mean log rate over a window of `span` seconds."""
         return self.wander * _mean_variance(max(span, 1.0), self.persistence) \
             / _mean_variance(self.block, self.persistence)
 
-    def extra(self, before_span: float, after_span: float) -> float:
-        """Log-scale variance beyond fast noise of after vs before, with the drift's."""
-        return self.window(after_span) + self.window(before_span) + self.drift_var
+    def expected_shift(self) -> tuple[float, float]:
+        """(expected log rate ratio after/before, its variance) from the drift.
+
+        The drift estimate d has variance v; the true drift is taken as drawn
+        from N(0, t2) with t2 = max(d^2 - v, 0) (empirical Bayes): the shift
+        is d shrunk by k = t2 / (t2 + v), its variance k * v. A drift the
+        history measures well (v << d^2) is expected in full; one it cannot
+        tell from noise (d^2 <= v) is not expected at all and adds nothing."""
+        d, v = self.drift, self.drift_var
+        t2 = max(d * d - v, 0.0)
+        if t2 + v <= 0.0:
+            return 0.0, 0.0
+        k = t2 / (t2 + v)
+        return k * d, k * v
 
 
 def _mean_variance(span: float, tau: float) -> float:
@@ -116,7 +137,11 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     # pass 1: Poisson weights; pass 2: weights with the fast and slow variance
     coef = np.linalg.lstsq(design * np.sqrt(x)[:, None], e / np.sqrt(x), rcond=None)[0]
     expected = np.maximum(design @ coef, floor) * x
-    wander, persistence, rho = _wander(e, expected, phi, hist.seconds)
+    wander, taus, rho = _wander(e, expected, phi, hist.seconds)
+
+    def noise(drift: float, drift_var: float) -> Noise:
+        return Noise(phi, wander, hist.seconds, drift, drift_var, taus[2], taus[1], taus[0])
+
     # the drift: a straight line refitted with the fast and slow variances
     var_rate = (phi * expected + wander * expected ** 2) / x ** 2
     weights = 1.0 / np.maximum(var_rate, 1e-300)
@@ -128,19 +153,18 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
                              (after_centre - mid) / span]))[:, :2]
     level = ends @ coef
     if level[0] <= floor:
-        return Noise(phi, wander, hist.seconds, 0.0, 0.0, persistence)
+        return noise(0.0, 0.0)
     if level[1] <= floor:  # the trend runs out to nothing: no trust in it
-        return Noise(phi, wander, hist.seconds, 0.0, math.log(level[0] / floor) ** 2,
-                     persistence)
+        return noise(0.0, math.log(level[0] / floor) ** 2)
     grad = ends[1] / level[1] - ends[0] / level[0]
-    return Noise(phi, wander, hist.seconds, float(math.log(level[1] / level[0])),
-                 float(grad @ cov @ grad), persistence)
+    return noise(float(math.log(level[1] / level[0])), float(grad @ cov @ grad))
 
 
 def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
-            block: float) -> tuple[float, float, float]:
-    """(wander variance, correlation time in seconds, the blocks' lag-1 correlation),
-    each taken MARGIN standard errors above its estimate."""
+            block: float) -> tuple[float, tuple[float, float, float], float]:
+    """(wander variance MARGIN standard errors above its estimate; the correlation
+    time in seconds, low, central and high (the blocks' lag-1 correlation MARGIN
+    standard errors below, at and above its estimate); the high lag-1 correlation)."""
     n = len(e)
     weight = expected ** 2
     d = ((e - expected) ** 2 - phi * expected) / weight  # per-block extra relative variance
@@ -151,6 +175,63 @@ def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
     res = res - res.mean()
     den = float(np.dot(res, res))
     rho = float(np.dot(res[:-1], res[1:]) / den) if den > 0 else 0.0
-    rho = min(max(rho + MARGIN / math.sqrt(n), 0.0), 0.95)
-    tau = -block / math.log(rho) if rho > 0 else 0.0
-    return wander, tau, rho
+    rhos = [min(max(rho + k * MARGIN / math.sqrt(n), 0.0), 0.95) for k in (-1, 0, 1)]
+    taus = [-block / math.log(r) if r > 0 else 0.0 for r in rhos]
+    return wander, (taus[0], taus[1], taus[2]), rhos[2]
+
+
+def prediction(noise: Noise, before: Rates, after: Rates,
+               shift: float) -> tuple[float, float] | None:
+    """(the after window's predicted log level against the baseline's, beyond `shift`,
+    and the variance of what the prediction leaves unexplained), or None without a
+    persistent wander.
+
+    A wander with correlation time tau carries the level of the baseline's last
+    minutes into the after window: comparing with the whole baseline's mean
+    ignores that and pays the wander of both windows in full. Here the
+    baseline's intervals (relative to the expected rate along `shift`'s
+    trend) predict the difference between the after window's mean wander and
+    the baseline's, by the best linear predictor under the model: wander an
+    Ornstein-Uhlenbeck process with the model's variance and tau, each interval
+    seen through its own sampling and fast noise (phi / expected events). The
+    predictor's error variance is taken as the largest under the low, central
+    and high estimates of tau: a persistence overestimated would otherwise
+    trust the last minutes too much."""
+    if noise.persistence <= 0.0 or noise.wander <= 0.0:
+        return None
+    # a persistence too short to measure: no shorter than one interval
+    taus = [max(tau, before.seconds) for tau in noise.persistence_range]
+    e, x, t = _arrays(before)
+    if len(e) < 2 or e.sum() <= 0 or not after.times:
+        return None
+    gap = after.centre() - before.centre()
+    slope = shift / gap if gap > 0 else 0.0
+    trend = np.exp(slope * (t - before.centre()))
+    mean = x * trend * (e.sum() / float(np.dot(x, trend)))  # expected events per interval
+    y = e / mean - 1.0
+    v = np.diag(noise.phi / np.maximum(mean, 1e-9))
+    w = mean / mean.sum()
+    a0 = min(after.times) - after.seconds / 2.0
+    a1 = max(after.times) + after.seconds / 2.0
+    span = max(a1 - a0, 1.0)
+
+    def moments(tau: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(cov of the intervals' wander, cov of D with it, var of D), D = W_after - W_base."""
+        sigma2 = noise.wander / _mean_variance(noise.block, tau)  # of the wander at a point
+        k_bb = sigma2 * np.exp(-np.abs(t[:, None] - t[None, :]) / tau)
+        k_ab = sigma2 * tau / span * (np.exp(-np.maximum(a0 - t, 0.0) / tau)
+                                      - np.exp(-np.maximum(a1 - t, 0.0) / tau))
+        var_d = sigma2 * _mean_variance(span, tau) + float(w @ k_bb @ w) \
+            - 2.0 * float(w @ k_ab)
+        return k_bb, k_ab - k_bb @ w, var_d
+
+    k_bb, c, _ = moments(taus[1])
+    try:
+        lam = np.linalg.solve(k_bb + v, c)
+    except np.linalg.LinAlgError:
+        return None
+    worst = 0.0
+    for tau in taus:
+        k_bb, c, var_d = moments(tau)
+        worst = max(worst, var_d - 2.0 * float(lam @ c) + float(lam @ (k_bb + v) @ lam))
+    return float(lam @ y), worst

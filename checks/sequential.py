@@ -41,7 +41,16 @@ def obrien_fleming_spending(alpha: float, t: float) -> float:
     return min(alpha, 2.0 * _norm_sf(z / math.sqrt(min(t, 1.0))))
 
 
-SPENDING = {"pocock": pocock_spending, "obrien-fleming": obrien_fleming_spending}
+def hsd_spending(alpha: float, t: float, gamma: float = -2.0) -> float:
+    """Hwang-Shih-DeCani spending: gamma -2 lies between Pocock (about 1) and
+    O'Brien-Fleming (about -4): some alpha early, for quick detection of a
+    severe change, most of it late, for the power of the whole bake."""
+    t = min(max(t, 0.0), 1.0)
+    return alpha * (1.0 - math.exp(-gamma * t)) / (1.0 - math.exp(-gamma))
+
+
+SPENDING = {"pocock": pocock_spending, "obrien-fleming": obrien_fleming_spending,
+            "hsd": hsd_spending}
 
 
 def _norm_sf(z: float) -> float:

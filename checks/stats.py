@@ -8,18 +8,25 @@ in `checks.ranks`; both return a `Comparison`.
 
 The test. Given the total of before and after events, the after events are
 binomial under "no change" with p = s*X_a / (s*X_a + X_b) (X: exposures, s:
-the seasonal scale, 1 without a reference); the exact binomial tail gives
-z0. Real metrics vary more than Poisson, so z0 is shrunk:
+the expected after/before rate ratio); the exact binomial tail gives z0.
+Real metrics vary more than Poisson, so z0 is shrunk:
 
-    z = z0 / sqrt(phi + (w_a + w_b + var(drift) + seasonal) / V0)
+    z = z0 / sqrt(phi + extra / V0)
 
-V0 = 1/(N p (1-p)) is the Poisson variance of the log rate ratio; phi (fast
-over-dispersion), w (slow wander of the level, scaled to each window's
-length) and the drift of the day (a push in a rising or falling hour: the
-expected after rate is the baseline's times e^drift, and s includes that
-factor) come from the metric's own history before the push: see
-`checks.noise`. With a seasonal reference, s is the reference's after/before
-ratio instead of the drift, and its noise is the seasonal term.
+V0 = 1/(N p (1-p)) is the Poisson variance of the log rate ratio and phi the
+fast over-dispersion. s and `extra` come from the metric's own history
+before the push (`checks.noise`):
+
+- the drift of the day (a push in a rising or falling hour), shrunk by how
+  well the history measures it (`Noise.expected_shift`), and its variance;
+- the slow wander of the level: the baseline's intervals predict how far the
+  after window's level lies from the baseline's (the level of the last
+  minutes carries on, `noise.prediction`); s includes the prediction, and
+  `extra` what it leaves unexplained. Without a persistent wander, `extra`
+  is the wander of both windows in full.
+
+With a seasonal reference (counts), s is the reference's after/before ratio
+instead, and `extra` the wander of both windows plus the reference's noise.
 
 Transients: the after window's single worst interval (in the bad
 direction) is left out of the test, so one bad interval (a restart blip
@@ -30,9 +37,9 @@ Deciding: see `checks.verdict` for the boundaries. A comparison fails only
 when the look may stop, z reaches the boundary, the estimated change is
 beyond `min_change` and `min_absolute`, and the recent half of the after
 window is beyond `min_change` too (an effect that is over is not a
-regression). It
-passes only with enough data: a `severe` change (x3 errors, say) would have
-reached the boundary with the same data and noise model. Otherwise it is
+regression). It passes only when the data rule out a `severe` change (x3
+errors, say, or the expected rate plus `min_absolute`) with 95 %
+confidence, under the same noise model (`ruled_out`). Otherwise it is
 inconclusive, never a pass.
 """
 
@@ -44,9 +51,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
-from checks.noise import model
+from checks.noise import model, prediction
 from checks.rates import Rates
 from daemon.models import Verdict
+
+PASS_Z = 1.645  # a pass rules out a severe change with 95 % confidence (one-sided)
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,23 @@ def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float =
     return z0 / math.sqrt(phi + extra / v0)
 
 
+def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad: str, *,
+              phi: float = 1.0, extra: float = 0.0) -> float:
+    """z by which `a` after-events over `xa` rule out an after rate of `severe_rate`
+    (positive: the data lie on the good side of it), with the same noise as `rate_z`."""
+    if bad == "drop" and severe_rate <= 0.0:
+        return math.inf if a > 0 else 0.0
+    good = "drop" if bad == "rise" else "rise"
+    if b > 0:
+        return rate_z(a, xa, b, xb, good, scale=severe_rate * xb / b, phi=phi, extra=extra)
+    mean = severe_rate * xa  # no baseline events: the after events alone, Poisson
+    if mean <= 0.0:
+        return 0.0
+    k = round(a)
+    p = float(stats.poisson.cdf(k, mean) if bad == "rise" else stats.poisson.sf(k - 1, mean))
+    return z_from_p(p) / math.sqrt(phi + extra * mean)
+
+
 def trim_worst(after: Rates, expected_rate: float, bad: str) -> tuple[Rates, int | None]:
     """The after window without its single worst interval (when it has three or more)."""
     e, x = np.asarray(after.events, dtype=float), np.asarray(after.exposure, dtype=float)
@@ -143,11 +169,15 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
     b, xb = before.total()
     noise = model(before, after.centre(), history)
     phi = noise.phi
-    extra = noise.extra(before.span(), after.span()) + scale_var
+    extra = noise.window(after.span()) + noise.window(before.span()) + scale_var
     if scale is None:
-        scale = 1.0
-        extra += max(noise.drift ** 2 - noise.drift_var, 0.0)
-    extra -= noise.drift_var
+        shift, extra_drift = noise.expected_shift()
+        predicted = prediction(noise, before, after, shift)
+        if predicted is not None:
+            shift += predicted[0]
+            extra = predicted[1]
+        scale = math.exp(shift)
+        extra += extra_drift
     full = after
     after, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
     a, xa = after.total()
@@ -176,16 +206,16 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
         return out(Verdict.PASS, f"{text}: transient, the recent half is back near the baseline")
     if not can_stop:
         return out(Verdict.INCONCLUSIVE, f"{text}: too early to decide")
-    e_a = scale * b * xa / xb
+    expected = scale * b / xb
     if rule.bad == "rise":
-        a_h = max(e_a * rule.severe, e_a + xa * rule.min_absolute)
+        severe = max(expected * rule.severe, expected + rule.min_absolute)
     else:
-        a_h = max(min(e_a / rule.severe, e_a - xa * rule.min_absolute), 0.0)
-    z_h = rate_z(a_h, xa, b, xb, rule.bad, scale=scale, phi=phi, extra=extra)
-    if z_h < rule.z:
+        severe = max(min(expected / rule.severe, expected - rule.min_absolute), 0.0)
+    z_h = ruled_out(a, xa, b, xb, severe, rule.bad, phi=phi, extra=extra)
+    if z_h < PASS_Z:
         word = f"x{rule.severe:g} rise" if rule.bad == "rise" else f"/{rule.severe:g} drop"
-        return out(Verdict.INCONCLUSIVE, f"too little data: {text}; even a {word} would give "
-                                         f"z={z_h:.2f} < {rule.z:.2f}")
+        return out(Verdict.INCONCLUSIVE, f"too little data: {text}; a {word} cannot be ruled "
+                                         f"out (z={z_h:.2f} < {PASS_Z:.2f})")
     detail = "no harmful change" if z < rule.z else "change below the smallest that matters"
     return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})")
 

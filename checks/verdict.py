@@ -4,11 +4,12 @@ The false-alarm budget `[guard] false_alarm` is per push: over both bakes
 (canary and fleet), all critical checks and all looks. It is split with
 Bonferroni across the bakes and the critical checks, alpha = false_alarm /
 (2 * critical checks), and each check spends its alpha across the looks of
-a bake with a Pocock-type spending function (`checks.sequential`): about
-the same boundary at every look, so a severe regression stops at the first
-looks that may stop. (O'Brien-Fleming-type spending, also implemented,
-catches more moderate regressions by the end of a bake but let more
-harmless pushes through the budget in the benchmark.) Looks whose after
+a bake with a Hwang-Shih-DeCani spending function, gamma -2
+(`checks.sequential`): a little early, so that a severe regression stops
+within the first looks that may stop, most of it towards the end of the
+bake, where a moderate regression has gathered its evidence. (Pocock-type
+spending, also implemented, spends evenly and catches fewer moderate
+regressions.) Looks whose after
 window is shorter than three of the check's intervals may not stop (the
 worst interval is left out of every test, see `checks.stats`); the alpha of
 those looks is carried to the first look that may. Advisory checks are
@@ -45,7 +46,7 @@ log = logging.getLogger("pushguard.guard")
 
 BAKES_PER_PUSH = 2  # canary and fleet: both share one push's budget
 MIN_INTERVALS = 3  # a look may stop only with this many intervals after warm-up
-SPENDING = "pocock"
+SPENDING = "hsd"
 UNAVAILABLE = "metrics unavailable"
 
 

@@ -10,10 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checks.noise import blocks, fast_dispersion, model
+from checks.noise import Noise, blocks, fast_dispersion, model, prediction
 from checks.ranks import Levels, compare_levels
 from checks.rates import Rates
-from checks.sequential import boundaries, look_fractions, pocock_spending
+from checks.sequential import (
+    boundaries,
+    hsd_spending,
+    look_fractions,
+    obrien_fleming_spending,
+    pocock_spending,
+)
 from checks.stats import Naming, Rule, binomial_z, compare_rates, rate_z
 from daemon.models import Verdict
 
@@ -47,9 +53,10 @@ def test_obrien_fleming_boundaries_match_the_published_values() -> None:
     assert got == pytest.approx((4.877, 3.357, 2.680, 2.290, 2.031), abs=0.005)
 
 
-def test_boundaries_spend_alpha_over_brownian_motion() -> None:
+@pytest.mark.parametrize("spending", ["pocock", "hsd"])
+def test_boundaries_spend_alpha_over_brownian_motion(spending: str) -> None:
     looks, alpha = 18, 0.01
-    bounds = np.array(boundaries(alpha, look_fractions(looks, 3), "pocock"))
+    bounds = np.array(boundaries(alpha, look_fractions(looks, 3), spending))
     assert math.isinf(bounds[0]) and math.isinf(bounds[1])
     rng = np.random.default_rng(7)
     paths = np.cumsum(rng.standard_normal((100_000, looks)) / math.sqrt(looks), axis=1)
@@ -64,6 +71,13 @@ def test_pocock_spending_is_alpha_at_the_end() -> None:
 
 
 # -- the binomial test -----------------------------------------------------------------------
+
+def test_hsd_spending_lies_between_pocock_and_obrien_fleming() -> None:
+    assert hsd_spending(0.01, 1.0) == pytest.approx(0.01)
+    assert hsd_spending(0.01, 0.0) == 0.0
+    for t in (0.2, 0.5, 0.8):
+        assert obrien_fleming_spending(0.01, t) < hsd_spending(0.01, t) < pocock_spending(0.01, t)
+
 
 def test_binomial_z_is_the_exact_tail_and_keeps_growing_in_the_far_tail() -> None:
     assert binomial_z(10, 100, 0.1, "rise") == pytest.approx(-0.13, abs=0.05)
@@ -160,6 +174,84 @@ def test_noise_model_sees_poisson_as_poisson_and_wander_as_wander() -> None:
     wandering = rates(list(rng.poisson(3000 * level).astype(float)), [30.0] * 480, -14400)
     noise = model(wandering, 300.0, blocks(wandering))
     assert math.sqrt(noise.wander) == pytest.approx(0.1, abs=0.04)
+
+
+def test_drift_is_expected_when_measured_and_ignored_when_it_is_noise() -> None:
+    clear = Noise(phi=1.0, wander=0.0, block=300.0, drift=0.2, drift_var=0.0001)
+    shift, var = clear.expected_shift()
+    assert shift == pytest.approx(0.2, abs=0.001) and var == pytest.approx(0.0001, rel=0.01)
+    vague = Noise(phi=1.0, wander=0.0, block=300.0, drift=0.01, drift_var=0.01)
+    assert vague.expected_shift() == (0.0, 0.0)
+
+
+def ou_counts(rng: np.random.Generator, rps: float, sd: float, tau: float, n: int,
+              drop: float = 1.0, after_from: int = 0) -> np.ndarray:
+    """Poisson counts per 30 s of a rate with an Ornstein-Uhlenbeck log wander."""
+    phi = math.exp(-30.0 / tau)
+    w = np.empty(n)
+    w[0] = rng.normal(0.0, sd)
+    for i in range(1, n):
+        w[i] = phi * w[i - 1] + rng.normal(0.0, sd * math.sqrt(1.0 - phi * phi))
+    rate = rps * 30.0 * np.exp(w)
+    rate[after_from:] *= drop
+    counts: np.ndarray = rng.poisson(rate).astype(float)
+    return counts
+
+
+def wander_push(rng: np.random.Generator, drop: float = 1.0) -> tuple[Rates, Rates, Rates]:
+    """(history in 5-minute blocks, 30-minute baseline, 9-minute after window) of a
+    100 rps count whose level wanders (sd 5 %, correlation time 10 minutes)."""
+    n_hist, n_before, gap, n_after = 480, 60, 2, 18
+    counts = ou_counts(rng, 100.0, 0.05, 600.0, n_hist + n_before + gap + n_after, drop,
+                       n_hist + n_before)
+    start = -30.0 * (n_hist + n_before)
+    history = rates(list(counts[:n_hist]), [30.0] * n_hist, start)
+    before = rates(list(counts[n_hist:n_hist + n_before]), [30.0] * n_before, -1800.0)
+    after = rates(list(counts[-n_after:]), [30.0] * n_after, 60.0)
+    return blocks(history), before, after
+
+
+def test_the_baselines_last_minutes_predict_a_wandering_level() -> None:
+    rng = np.random.default_rng(11)
+    narrower = 0
+    for _ in range(20):
+        history, before, after = wander_push(rng)
+        noise = model(before, after.centre(), history)
+        predicted = prediction(noise, before, after, 0.0)
+        assert predicted is not None
+        narrower += predicted[1] < noise.window(after.span()) + noise.window(before.span())
+    assert narrower == 20
+
+
+def test_a_wandering_count_keeps_its_budget_and_a_10_percent_drop_fails() -> None:
+    rng = np.random.default_rng(12)
+    z = 2.054  # one look at alpha 0.02
+
+    def fails(drop: float, pushes: int) -> int:
+        count = 0
+        for _ in range(pushes):
+            history, before, after = wander_push(rng, drop)
+            r = Rule(bad="drop", min_change=0.05, min_absolute=0.0, z=z, severe=2.0)
+            count += compare_rates(before, after, r, COUNT, history=history).verdict \
+                == Verdict.FAIL
+        return count
+
+    harmless = fails(1.0, 300)
+    # P(X >= 12) < 2 % for X ~ Binomial(300, 0.02): more would be an excess
+    assert harmless <= 11, f"{harmless} of 300 harmless pushes failed at alpha 0.02"
+    # comparing with the whole baseline's mean instead of the prediction: 66 of 150
+    assert fails(0.9, 150) >= 95
+
+
+def test_a_pass_needs_the_data_to_rule_out_a_severe_change() -> None:
+    # x2.9 errors, at a look whose boundary is out of reach: enough data to reveal a x3
+    # rise, but they do not rule it out, so this is no pass
+    before = rates([5.0] * 60, [1000.0] * 60, -1800)
+    after = rates([14.0, 15.0] * 9, [1000.0] * 18, 60)
+    result = compare_rates(before, after, rule(z=50.0), RATIO)
+    assert result.verdict == Verdict.INCONCLUSIVE and "cannot be ruled out" in result.reason
+    same = compare_rates(before, rates([5.0] * 18, [1000.0] * 18, 60), rule(z=50.0), RATIO)
+    assert same.verdict == Verdict.PASS, same.reason
 
 
 # -- rank comparisons --------------------------------------------------------------------------
