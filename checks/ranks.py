@@ -12,9 +12,9 @@ The decision rules are those of `checks.stats`: the single worst after
 value is left out; fail only with a finite boundary, three or more after
 values, z at the boundary, a shift beyond
 max(min_change * |baseline median|, min_absolute), and the recent half of
-the after window shifted beyond that floor too; pass only when a `severe`
-change (after = before * severe for a rise) would have been detected;
-otherwise inconclusive.
+the after window shifted beyond that floor too; pass only when the after
+values lie below the baseline moved by a `severe` change (after = before *
+severe for a rise) with 95 % confidence; otherwise inconclusive.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from checks.stats import Comparison, Rule
+from checks.stats import PASS_Z, Comparison, Rule
 from daemon.models import Verdict
 
 
@@ -116,9 +116,12 @@ def compare_levels(before: Levels, after: Levels, rule: Rule, what: str, *,
         return out(Verdict.INCONCLUSIVE, f"{text}: too early to decide", z, change)
     gross = abs(median) * ((rule.severe - 1.0) if s > 0 else (1.0 - 1.0 / rule.severe))
     gross = max(gross, floor)
-    z_h = s * mann_whitney_z(x, y - hl + s * gross) / inflation if gross > 0 else 0.0
-    if z_h < rule.z:
-        return out(Verdict.INCONCLUSIVE, f"too little data: {text}; even a shift of "
-                   f"{s * gross:+.4g} would give z={z_h:.2f} < {rule.z:.2f}", z, change)
+    # the after values against the baseline moved by a severe shift: below it (for a
+    # rise) with 95 % confidence, or no pass
+    z_h = -s * mann_whitney_z(x + s * gross, y) / inflation if gross > 0 else 0.0
+    if z_h < PASS_Z:
+        return out(Verdict.INCONCLUSIVE, f"too little data: {text}; a shift of "
+                   f"{s * gross:+.4g} cannot be ruled out (z={z_h:.2f} < {PASS_Z:.2f})",
+                   z, change)
     detail = "no harmful change" if z < rule.z else "change below the smallest that matters"
     return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})", z, change)

@@ -268,6 +268,17 @@ def test_cpu_up_30_percent_fails_and_noise_passes() -> None:
     assert worse.change == pytest.approx(0.3, abs=0.05)
 
 
+def test_a_gauge_pass_needs_the_data_to_rule_out_a_severe_shift() -> None:
+    rng = np.random.default_rng(9)
+    before = Levels(tuple(rng.normal(40, 2, 60)), tuple(range(-60, 0)))
+    doubled = Levels(tuple(rng.normal(80, 2, 18)), tuple(range(18)))
+    result = compare_levels(before, doubled, rule(z=50.0, severe=2.0), "cpu")
+    assert result.verdict == Verdict.INCONCLUSIVE and "cannot be ruled out" in result.reason
+    same = compare_levels(before, Levels(tuple(rng.normal(40, 2, 18)), tuple(range(18))),
+                          rule(z=50.0, severe=2.0), "cpu")
+    assert same.verdict == Verdict.PASS, same.reason
+
+
 def test_a_handful_of_values_is_inconclusive() -> None:
     result = compare_levels(Levels((1.0, 2.0, 3.0), (0, 1, 2)), Levels((9.0,), (3,)),
                             rule(), "cpu")
