@@ -479,11 +479,9 @@ async def recover(store: Store, fleet: Fleet, hosts: Sequence[HostConfig], now: 
     for push_id, change_id in await store.stranded_changes():
         # the push ended (a rollback was under way) but its change never did
         why = f"push {push_id} ended while change {change_id} was going out (stopped mid-rollback)"
-        await store.transition_change(change_id, ChangeState.FAILED, "recovery", why, now,
-                                      push_id)
-        await store.set_queue(QueueState.HALTED, "recovery",
-                              f"{why}; check what runs where (GET /v1/hosts), then resume",
-                              now, push_id)
+        await store.transition_change(
+            change_id, ChangeState.FAILED, "recovery", why, now, push_id,
+            halt=f"{why}; check what runs where (GET /v1/hosts), then resume")
         unfinished.append(await store.get_push(push_id))
     for outcome in await fleet.read_live(hosts):
         await store.record_live(outcome.host, outcome.release, str(outcome.outcome), None,

@@ -158,10 +158,15 @@ class Store:
         return await self.call(set_expedite, change_id, actor, now)
 
     async def transition_change(self, change_id: int, to: ChangeState, actor: str, reason: str,
-                                now: datetime, push_id: int | None = None) -> Change:
+                                now: datetime, push_id: int | None = None, *,
+                                halt: str | None = None) -> Change:
+        """Move a change; with `halt`, halt the queue with that reason in the same
+        transaction."""
         def run(db: Database) -> Change:
             with write(db):
                 _transition(db, "change", change_id, to, actor, reason, now, push_id)
+                if halt is not None:
+                    set_queue(db, QueueState.HALTED, actor, halt, now, push_id, ())
             return get_change(db, change_id)
         return await self.call(run)
 

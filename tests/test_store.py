@@ -109,6 +109,24 @@ async def test_invalid_transition_names_both_states(store: Store) -> None:
     assert len(await store.events()) == 1  # nothing was written by the refused change
 
 
+async def test_a_change_and_the_halt_it_causes_are_one_transaction(store: Store) -> None:
+    change = await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
+    with pytest.raises(InvalidTransition):  # refused: neither the change nor the halt
+        await store.transition_change(change.id, ChangeState.LIVE, "x", "", NOW, halt="no")
+    assert (await store.control()).state == QueueState.RUNNING
+    assert len(await store.events()) == 1
+    await store.approve(change.id, "bob", NOW)
+    push = await store.claim(batch_size=1, normal_allowed=True, trigger=Trigger.SCHEDULE,
+                             actor="schedule", now=NOW)
+    assert push is not None
+    await store.transition_change(change.id, ChangeState.FAILED, "recovery", "stranded", NOW,
+                                  push.id, halt="stranded; resume")
+    assert (await store.get_change(change.id)).state == ChangeState.FAILED
+    control = await store.control()
+    assert control.state == QueueState.HALTED and control.halted_by_push == push.id
+    assert control.reason == "stranded; resume"
+
+
 async def test_duplicate_ref_and_missing_records(store: Store) -> None:
     await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
     with pytest.raises(Conflict, match="already change"):
