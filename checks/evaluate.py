@@ -27,10 +27,12 @@ from checks.ranks import compare_levels
 from checks.spec import CheckSpec, Kind
 from checks.stats import Comparison, Naming, Rule, compare_rates
 from checks.windows import (
+    HISTORY_BASELINES,
     Reader,
     Window,
     column_names,
     count_rates,
+    floor_to,
     history_window,
     levels,
     share_rates,
@@ -149,8 +151,12 @@ async def _levels(reader: Reader, check: CheckSpec, before: Window, after: Windo
         vb, va = levels(refb, origin).values, levels(refa, origin).values
         if vb and va:
             shift = float(np.median(va) - np.median(vb))
+    span = before.stop - before.start
+    hw = Window(floor_to(before.stop - span * HISTORY_BASELINES, step), before.stop)
+    sh = await reader.read(check, hw, step, cache=True)
+    queries += sh.queries
     comparison = compare_levels(levels(sb, origin), levels(sa, origin), rule,
-                                check.field or "value", shift=shift)
+                                check.field or "value", shift=shift, history=levels(sh, origin))
     if days:
         comparison.before["seasonal_shift"] = shift
     _windows(comparison, before, after)

@@ -279,6 +279,25 @@ def test_a_gauge_pass_needs_the_data_to_rule_out_a_severe_shift() -> None:
     assert same.verdict == Verdict.PASS, same.reason
 
 
+def test_a_gauge_that_steps_in_its_history_does_not_fail_on_a_step() -> None:
+    # 4 h of a gauge that jumps between 60 and 40 every 30 minutes; the push lands on
+    # a jump up. The ranks alone see a certain rise; the history says it is ordinary.
+    rng = np.random.default_rng(10)
+    history = np.tile(np.repeat([60.0, 40.0], 30), 4) + rng.normal(0, 1, 240)
+    past = Levels(tuple(history), tuple(range(-240, 0)))
+    before = Levels(tuple(history[-30:]), tuple(range(-30, 0)))
+    step = Levels(tuple(rng.normal(60, 1, 9)), tuple(range(9)))
+    tight = rule(z=3.0, min_change=0.1, severe=2.0)
+    alone = compare_levels(before, step, tight, "cpu")
+    assert alone.verdict == Verdict.FAIL, alone.reason
+    seen = compare_levels(before, step, tight, "cpu", history=past)
+    assert seen.verdict != Verdict.FAIL, seen.reason
+    assert isinstance(seen.before["null_sd"], float)
+    tripled = Levels(tuple(rng.normal(120, 1, 9)), tuple(range(9)))
+    worse = compare_levels(before, tripled, tight, "cpu", history=past)
+    assert worse.verdict == Verdict.FAIL, worse.reason
+
+
 def test_a_handful_of_values_is_inconclusive() -> None:
     result = compare_levels(Levels((1.0, 2.0, 3.0), (0, 1, 2)), Levels((9.0,), (3,)),
                             rule(), "cpu")
