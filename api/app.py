@@ -47,6 +47,9 @@ class Controller(Protocol):
     def window_state(self, now: datetime) -> str | None:
         """One of "frozen" and "outside-window"; None inside the push window."""
 
+    async def settling_until(self, now: datetime) -> datetime | None:
+        """After a halt, until when normal changes wait for a clean baseline; None if not."""
+
     async def push_now(self, actor: str) -> Push | None:
         """Claim and start a push; Busy if one runs; None if nothing approved may go."""
 

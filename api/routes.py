@@ -217,8 +217,11 @@ async def push_now(request: web.Request) -> web.Response:
     if push is None:  # say why: an empty queue, a stopped line or a closed window
         queue = str((await ctx.store.control()).state)
         window = ctx.control.window_state(ctx.clock()) or "open"
+        settling = await ctx.control.settling_until(ctx.clock())
         why = [f"the queue is {queue}"] if queue != "running" else []
         why += [f"the window is {window}"] if window != "open" else []
+        why += [f"after the halt the baseline is clean from {settling.isoformat()}"] \
+            if settling is not None else []
         raise ApiError(409, "nothing_to_push", "no approved change may go out now" + (
             f" ({' and '.join(why)}: only expedited changes go out)" if why else ""),
             queue=queue, window=window)

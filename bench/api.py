@@ -88,6 +88,9 @@ class BenchController:
     def window_state(self, now: datetime) -> str | None:
         return None
 
+    async def settling_until(self, now: datetime) -> datetime | None:
+        return None
+
     async def push_now(self, actor: str) -> Push | None:
         return None
 

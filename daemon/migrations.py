@@ -150,7 +150,13 @@ def _m002_figures_indexes(db: Database) -> None:
     )
 
 
+def _m003_queue_events_index(db: Database) -> None:
+    """Find the queue's last restart after a halt without scanning every event."""
+    _run_script(db, "CREATE INDEX events_entity ON events(entity, to_state, id);\n")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_figures_indexes", _m002_figures_indexes),
+    ("003_queue_events_index", _m003_queue_events_index),
 ]

@@ -117,6 +117,8 @@ class Pusher:
                 raise Busy("the daemon is stopping")
             if self.busy and self.progress is not None:
                 raise Busy(f"push {self.progress.push} is running", push=self.progress.push)
+            if normal_allowed and await self.settling_until(self.clock()) is not None:
+                normal_allowed = False  # only an expedited fix goes out while it settles
             push = await self.store.claim(batch_size=self.config.schedule.batch_size,
                                           normal_allowed=normal_allowed, trigger=trigger,
                                           actor=actor, now=self.clock())
@@ -125,6 +127,15 @@ class Pusher:
             self.progress = Progress(push=push.id)
             self._task = asyncio.create_task(self._run(push), name=f"push {push.id}")
             return push
+
+    async def settling_until(self, now: datetime) -> datetime | None:
+        """After a halt, normal changes wait until a whole `guard.baseline` has passed
+        since the line was restored, so that no baseline holds the incident's minutes:
+        the moment that wait ends, or None when there is none."""
+        restored = await self.store.last_restored()
+        if restored is None or restored + self.config.guard.baseline <= now:
+            return None
+        return restored + self.config.guard.baseline
 
     async def wait(self) -> None:
         """Wait for the running push, if any, to end (for tests and shutdown)."""
@@ -282,7 +293,9 @@ class Pusher:
         An expedited fix while the queue is halted by a failed push is compared
         with the incident only: its baseline starts no earlier than the moment
         the failed push's first wave went live, so healthy minutes from before
-        the incident do not blur the comparison.
+        the incident do not blur the comparison. Other pushes are claimed only
+        once a whole baseline has passed since the line was restored after a
+        halt (`settling_until`), so the incident's minutes do not blur theirs.
         """
         start = started - self.config.guard.baseline
         control = await self.store.control()

@@ -263,6 +263,10 @@ class Service:
     def window_state(self, now: datetime) -> str | None:
         return schedule.window_state(self.config.schedule, self.tz, now)
 
+    async def settling_until(self, now: datetime) -> datetime | None:
+        assert self.pusher is not None
+        return await self.pusher.settling_until(now)
+
     async def push_now(self, actor: str) -> Push | None:
         assert self.pusher is not None
         return await self.pusher.request(Trigger.API, actor, normal_allowed=self._window_open())

@@ -202,6 +202,10 @@ class Store:
     async def last_finished_push(self) -> Push | None:
         return await self.call(last_finished_push)
 
+    async def last_restored(self) -> datetime | None:
+        """When the queue last went from halted back to running, if ever."""
+        return await self.call(last_restored)
+
     async def host_step_started(self, push_id: int, host: str, wave: int, step: str,
                                 now: datetime) -> int:
         return await self.call(host_step_started, push_id, host, wave, step, now)
@@ -485,6 +489,13 @@ def last_finished_push(db: Database) -> Push | None:
     rows = list(db.query("SELECT * FROM pushes WHERE finished_at IS NOT NULL "
                          "ORDER BY id DESC LIMIT 1"))
     return records.push(rows[0], _push_change_ids(db, int(rows[0]["id"]))) if rows else None
+
+
+def last_restored(db: Database) -> datetime | None:
+    rows = list(db.query("SELECT at FROM events WHERE entity = 'queue' AND to_state = ? "
+                         "AND from_state = ? ORDER BY id DESC LIMIT 1",
+                         [QueueState.RUNNING.value, QueueState.HALTED.value]))
+    return datetime.fromisoformat(rows[0]["at"]) if rows else None
 
 
 # -- hosts ------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,6 +170,10 @@ async def test_push_now_with_nothing_to_push_says_why(env: Env) -> None:
     status, body = await env.call("POST", "/v1/pushes", token=DEPLOY)
     assert status == 409 and body["error"]["details"]["window"] == "outside-window"
     assert "window is outside-window" in body["error"]["message"]
+    env.control.window = None
+    env.control.settling = NOW + timedelta(minutes=30)  # after a halt, a clean baseline
+    status, body = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    assert status == 409 and "baseline is clean from" in body["error"]["message"]
 
 
 async def test_hosts_list_configured_and_recorded(env: Env) -> None:

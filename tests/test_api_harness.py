@@ -68,6 +68,7 @@ class StoreController:
         self.clock = clock
         self.is_ready = True
         self.window: str | None = None
+        self.settling: datetime | None = None
         self.slot: datetime | None = NOW + timedelta(minutes=20)
         self.running: int | None = None
         self.live: dict[str, object] | None = None
@@ -84,8 +85,12 @@ class StoreController:
     def window_state(self, now: datetime) -> str | None:
         return self.window
 
+    async def settling_until(self, now: datetime) -> datetime | None:
+        return self.settling
+
     async def push_now(self, actor: str) -> Push | None:
-        push = await self.store.claim(batch_size=1, normal_allowed=self.window is None,
+        push = await self.store.claim(batch_size=1,
+                                      normal_allowed=self.window is None and self.settling is None,
                                       trigger=Trigger.API, actor=actor, now=self.clock())
         if push is not None:
             self.running = push.id

@@ -288,8 +288,12 @@ async def test_sshd_killed_mid_upload_fails_the_host_and_the_line_goes_on_after(
     hosts = {h.name: h for h in await d.store.hosts()}
     assert hosts["host1"].live_release == good and hosts["host1"].last_outcome == last.outcome
     assert (await d.store.control()).state == QueueState.HALTED
-    # sshd is back: a person resumes, and the next change reaches every host
+    # sshd is back: a person resumes; once a whole baseline has passed since (no baseline
+    # holds the incident) the next change reaches every host
     await d.service.resume("operator", "sshd on host1 restarted")
+    clean = await d.service.settling_until(d.service.clock())
+    assert clean is not None
+    await asyncio.sleep((clean - d.service.clock()).total_seconds() + 0.1)
     after = await push(d, "small fix", {"blob.bin": "small now\n"})
     assert after.state == PushState.PASSED, after.reason
     assert set(live_on(fault_fleet).values()) == {after.release}

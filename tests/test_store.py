@@ -127,6 +127,16 @@ async def test_a_change_and_the_halt_it_causes_are_one_transaction(store: Store)
     assert control.reason == "stranded; resume"
 
 
+async def test_last_restored_is_the_last_halt_lifted(store: Store) -> None:
+    assert await store.last_restored() is None
+    await store.set_queue(QueueState.PAUSED, "carol", "lunch", NOW)
+    await store.set_queue(QueueState.RUNNING, "carol", "back", NOW + timedelta(minutes=1))
+    assert await store.last_restored() is None  # a pause is no incident
+    await store.set_queue(QueueState.HALTED, "pusher", "push 1 failed", NOW + timedelta(2))
+    await store.set_queue(QueueState.RUNNING, "ann", "fixed", NOW + timedelta(3))
+    assert await store.last_restored() == NOW + timedelta(3)
+
+
 async def test_duplicate_ref_and_missing_records(store: Store) -> None:
     await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
     with pytest.raises(Conflict, match="already change"):
