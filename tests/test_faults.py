@@ -146,18 +146,8 @@ async def test_influxdb_slower_than_its_timeout_at_the_bake_is_never_a_pass(
     await clean_baseline(fault_shop)
     d = await start(influx_url=influx_proxy.url, checks=CHECKS, guard=GUARD)
     before = live_on(fault_fleet)
-    ref = commit(d.repo, "one", {"app.txt": "slow\n"})
-    change = await d.queue.enqueue(ref, "one", "dev", d.service.clock())
-    await d.queue.approve(change.id, "reviewer", d.service.clock())
-    pushed = await d.service.push_now("tester")
-    assert pushed is not None
-
-    async def baking() -> bool:
-        return (await d.store.get_push(pushed.id)).state == PushState.BAKING
-    await d.until(baking, 30)
-    influx_proxy.set("slow", delay=5.0, only="/query")  # [influxdb] timeout is 2s
-    assert d.service.pusher is not None
-    await d.service.pusher.wait()
+    # [influxdb] timeout is 2s
+    pushed = await cut_at_the_bake(d, influx_proxy, "slow", "slow", delay=5.0, only="/query")
     reason = await assert_unjudged(d, pushed.id, fault_fleet, before)
     assert "no answer within 2s" in reason
 
@@ -168,8 +158,20 @@ async def test_a_bake_without_a_verdict_passed_by_policy_is_recorded_as_inconclu
     await clean_baseline(fault_shop)
     d = await start(influx_url=influx_proxy.url, checks=CHECKS,
                     guard={**GUARD, "on_inconclusive": "pass"})
-    ref = commit(d.repo, "one", {"app.txt": "unjudged\n"})
-    change = await d.queue.enqueue(ref, "one", "dev", d.service.clock())
+    final = await cut_at_the_bake(d, influx_proxy, "unjudged", "down")
+    # the policy lets it through, but the record says the guard never judged it
+    assert final.state == PushState.PASSED and final.verdict == "inconclusive", final
+    assert final.reason.startswith("passed by policy") and "metrics unavailable" in final.reason
+    assert (await d.store.control()).state == QueueState.RUNNING
+    assert set(live_on(fault_fleet).values()) == {final.release}
+
+
+async def cut_at_the_bake(d: Daemon, proxy: InfluxProxy, text: str, mode: str,
+                          **how: Any) -> Any:
+    """Push a change of app.txt; once its canary bakes, the proxy turns `mode`; the
+    push's record once it has ended."""
+    ref = commit(d.repo, text, {"app.txt": f"{text}\n"})
+    change = await d.queue.enqueue(ref, text, "dev", d.service.clock())
     await d.queue.approve(change.id, "reviewer", d.service.clock())
     pushed = await d.service.push_now("tester")
     assert pushed is not None
@@ -177,15 +179,10 @@ async def test_a_bake_without_a_verdict_passed_by_policy_is_recorded_as_inconclu
     async def baking() -> bool:
         return (await d.store.get_push(pushed.id)).state == PushState.BAKING
     await d.until(baking, 30)
-    influx_proxy.set("down")
+    proxy.set(mode, **how)
     assert d.service.pusher is not None
     await d.service.pusher.wait()
-    final = await d.store.get_push(pushed.id)
-    # the policy lets it through, but the record says the guard never judged it
-    assert final.state == PushState.PASSED and final.verdict == "inconclusive", final
-    assert final.reason.startswith("passed by policy") and "metrics unavailable" in final.reason
-    assert (await d.store.control()).state == QueueState.RUNNING
-    assert set(live_on(fault_fleet).values()) == {final.release}
+    return await d.store.get_push(pushed.id)
 
 
 async def assert_unjudged(d: Daemon, push_id: int, fleet: SshFleet,
