@@ -150,9 +150,11 @@ def daemon(tmp_path: Path, shop_fleet: SshFleet, influxd: Influxd,
              "known_hosts": str(shop_fleet.known_hosts), "connect_timeout": "5s"},
         influx_url=influxd.url, database="e2e", tokens_file=tmp_path / "tokens",
         api_port=port, checks=CHECKS, deploy={"path": shop_fleet.deploy_path()},
-        guard={"baseline": "16s", "warmup": "1s", "bake": "6s", "look_every": "1s"},
+        # a short baseline: after each kill and resume, normal changes wait one baseline
+        # (a clean one after the halt); these kills need a verdict, not a strong one
+        guard={"baseline": "8s", "warmup": "1s", "bake": "6s", "look_every": "1s"},
         schedule={"every": "1s"})
-    time.sleep(max(0.0, 23 - shop.healthy_for()))  # a clean baseline (see fixtures_daemon)
+    time.sleep(max(0.0, 15 - shop.healthy_for()))  # a clean baseline (see fixtures_daemon)
     process = Daemon(config, port, tokens, tmp_path / "var" / "pushguard.db")
     yield process, repo
     process.stop()
