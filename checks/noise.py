@@ -55,6 +55,7 @@ class Noise:
     persistence: float = 0.0  # correlation time of the wander, seconds (high estimate)
     persistence_mid: float = 0.0  # its central estimate
     persistence_low: float = 0.0  # its low estimate
+    trend_known: bool = True  # the drift comes from hours of history, not the baseline
 
     @property
     def persistence_range(self) -> tuple[float, float, float]:
@@ -72,8 +73,13 @@ class Noise:
         from N(0, t2) with t2 = max(d^2 - v, 0) (empirical Bayes): the shift
         is d shrunk by k = t2 / (t2 + v), its variance k * v. A drift the
         history measures well (v << d^2) is expected in full; one it cannot
-        tell from noise (d^2 <= v) is not expected at all and adds nothing."""
+        tell from noise (d^2 <= v) is not expected at all and adds nothing. Without
+        hours of history (a line through the baseline alone) it is only allowed for."""
         d, v = self.drift, self.drift_var
+        if not self.trend_known:
+            # a line through the baseline alone (no history yet: a new service, a
+            # restart) says nothing about the day: not expected, only allowed for
+            return 0.0, max(d * d - v, 0.0)
         t2 = max(d * d - v, 0.0)
         if t2 + v <= 0.0:
             return 0.0, 0.0
@@ -127,7 +133,8 @@ def _design(u: np.ndarray) -> np.ndarray:
 def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     """The noise model for comparing a window centred at `after_centre` with `before`."""
     phi = fast_dispersion(before)
-    hist = history if history is not None and len(_arrays(history)[0]) >= 6 else blocks(before)
+    known = history is not None and len(_arrays(history)[0]) >= 6
+    hist = history if history is not None and known else blocks(before)
     e, x, t = _arrays(hist)
     if len(e) < 6 or e.sum() <= 0:
         return Noise(phi, 0.0, hist.seconds, 0.0, 0.0)
@@ -140,7 +147,8 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     wander, taus, rho = _wander(e, expected, phi, hist.seconds)
 
     def noise(drift: float, drift_var: float) -> Noise:
-        return Noise(phi, wander, hist.seconds, drift, drift_var, taus[2], taus[1], taus[0])
+        return Noise(phi, wander, hist.seconds, drift, drift_var, taus[2], taus[1], taus[0],
+                     known)
 
     # the drift: a straight line refitted with the fast and slow variances
     var_rate = (phi * expected + wander * expected ** 2) / x ** 2

@@ -184,6 +184,15 @@ def test_drift_is_expected_when_measured_and_ignored_when_it_is_noise() -> None:
     assert vague.expected_shift() == (0.0, 0.0)
 
 
+def test_a_ramp_in_the_baseline_alone_is_not_expected_to_go_on() -> None:
+    # a service that just started: 8 seconds of climbing traffic and no history; the
+    # line through them says nothing about the next seconds
+    before = rates([1000.0 * (i + 1) for i in range(8)], [1.0] * 8, -8.0, 1.0)
+    noise = model(before, 2.0, None)
+    assert not noise.trend_known and noise.drift > 0.5
+    assert noise.expected_shift()[0] == 0.0
+
+
 def ou_counts(rng: np.random.Generator, rps: float, sd: float, tau: float, n: int,
               drop: float = 1.0, after_from: int = 0) -> np.ndarray:
     """Poisson counts per 30 s of a rate with an Ornstein-Uhlenbeck log wander."""
