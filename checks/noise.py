@@ -233,13 +233,12 @@ def prediction(noise: Noise, before: Rates, after: Rates,
             - 2.0 * float(w @ k_ab)
         return k_bb, k_ab - k_bb @ w, var_d
 
-    k_bb, c, _ = moments(taus[1])
+    each = [moments(tau) for tau in taus]
+    k_bb, c, _ = each[1]  # the predictor is the central estimate's
     try:
         lam = np.linalg.solve(k_bb + v, c)
     except np.linalg.LinAlgError:
         return None
-    worst = 0.0
-    for tau in taus:
-        k_bb, c, var_d = moments(tau)
-        worst = max(worst, var_d - 2.0 * float(lam @ c) + float(lam @ (k_bb + v) @ lam))
-    return float(lam @ y), worst
+    worst = max(var_d - 2.0 * float(lam @ c) + float(lam @ (k_bb + v) @ lam)
+                for k_bb, c, var_d in each)
+    return float(lam @ y), max(worst, 0.0)
