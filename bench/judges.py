@@ -16,10 +16,19 @@
 
 Both judges see exactly the series the guard sees; both replay the same two
 waves and stop at the first failure.
+
+Each judge's statistics are computed once per scenario (`kayenta_waves`,
+`flagger_waves`) and decided at the documented setting (`kayenta_decide`,
+`flagger_decide`); `kayenta_score` and `flagger_score` turn them into one
+number per push that fails it at any other setting (the push fails when the
+score exceeds the setting's cut), so that the benchmark can compare the
+guard with each reference at equal false alarms and at equal detection.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,15 +104,17 @@ def _bake_end(s: Scenario, live: datetime) -> datetime:
     return live + g.warmup + looks * g.look_every
 
 
-def kayenta(s: Scenario, confidence: float = 0.98) -> Outcome:
-    """Mann-Whitney on per-interval values at the end of each bake."""
+def kayenta_waves(s: Scenario) -> list[tuple[float, bool, datetime]]:
+    """Per wave: the smallest two-sided Mann-Whitney p-value of a critical check that
+    moved in its bad direction (1.0: none did), whether a check had too little
+    data, and the end of the wave's bake."""
     frame = Frame(s)
     base = frame.index(s.push - s.guard.baseline, s.push)
-    verdict = "pass"
-    for wave, live in enumerate(s.waves, start=1):
+    out: list[tuple[float, bool, datetime]] = []
+    for live in s.waves:
         end = _bake_end(s, live)
         after = frame.index(live + s.guard.warmup, end)
-        nodata = False
+        worst, nodata = 1.0, False
         for check in (c for c in s.checks if c.critical):
             x, y = frame.per_interval(check, base), frame.per_interval(check, after)
             if len(x) < 3 or len(y) < 3:
@@ -114,17 +125,45 @@ def kayenta(s: Scenario, confidence: float = 0.98) -> Outcome:
             p = stats.mannwhitneyu(y, x, alternative="two-sided").pvalue
             worse = np.median(y) > np.median(x) if check.bad.value == "rise" \
                 else np.median(y) < np.median(x)
-            if p < 1.0 - confidence and worse:
-                return Outcome("fail", wave, end)
+            if worse:
+                worst = min(worst, float(p))
+        out.append((worst, nodata, end))
+    return out
+
+
+def kayenta_decide(waves: Sequence[tuple[float, bool, datetime | None]],
+                   confidence: float = 0.98) -> Outcome:
+    """Replay `kayenta_waves` at a confidence: the first wave with p < 1 - confidence
+    fails; a wave with a check without data ends the push inconclusive."""
+    for wave, (p, nodata, end) in enumerate(waves, start=1):
+        if p < 1.0 - confidence:
+            return Outcome("fail", wave, end)
         if nodata:
-            verdict = "inconclusive"
+            return Outcome("inconclusive", len(waves), None)
+    return Outcome("pass", len(waves), None)
+
+
+def kayenta_score(waves: Sequence[tuple[float, bool, datetime | None]]) -> float:
+    """-p of the wave that would fail first at any confidence: the push fails at
+    confidence c exactly when this score exceeds -(1 - c)."""
+    best = -1.0
+    for p, nodata, _ in waves:
+        best = max(best, -p)
+        if nodata:
             break
-    return Outcome(verdict, len(s.waves), None)
+    return best
 
 
-def flagger(s: Scenario, threshold: int = 5, interval: timedelta = timedelta(minutes=1)
-            ) -> Outcome:
-    """Fixed thresholds on the last minute, every minute; fail at `threshold` failed checks."""
+def kayenta(s: Scenario, confidence: float = 0.98) -> Outcome:
+    """Mann-Whitney on per-interval values at the end of each bake."""
+    return kayenta_decide(kayenta_waves(s), confidence)
+
+
+def flagger_waves(s: Scenario, interval: timedelta = timedelta(minutes=1)
+                  ) -> list[list[tuple[list[float], datetime]]]:
+    """Per wave, per minute checked: for each critical check the largest multiple of
+    its threshold (`min_change`, `min_absolute`) that the minute's value still
+    crosses (`math.inf`: a minute without data, always a failed check), and the time."""
     frame = Frame(s)
     base_idx = frame.index(s.push - s.guard.baseline, s.push)
     limits = []
@@ -137,22 +176,59 @@ def flagger(s: Scenario, threshold: int = 5, interval: timedelta = timedelta(min
         else:
             base = frame.value(check, base_idx, p95) or 0.0
         limits.append((check, p95, base))
-    for wave, live in enumerate(s.waves, start=1):
-        failed = 0
+    out = []
+    for live in s.waves:
+        minutes = []
         now = live + s.guard.warmup + interval
         while now <= _bake_end(s, live):
             idx = frame.index(now - interval, now)
-            for check, p95, base in limits:
-                value = frame.value(check, idx, p95)
-                if value is None or _beyond(check, value, base):
-                    failed += 1
+            minutes.append(([_reach(check, frame.value(check, idx, p95), base)
+                             for check, p95, base in limits], now))
+            now += interval
+        out.append(minutes)
+    return out
+
+
+def flagger_decide(waves: Sequence[Sequence[tuple[Sequence[float], datetime | None]]],
+                   scale: float = 1.0, threshold: int = 5) -> Outcome:
+    """Replay `flagger_waves` with the thresholds multiplied by `scale`: a check fails
+    when the value crosses them; a wave fails at `threshold` failed checks."""
+    for wave, minutes in enumerate(waves, start=1):
+        failed = 0
+        for reach, now in minutes:
+            failed += sum(1 for r in reach if r > scale)
             if failed >= threshold:
                 return Outcome("fail", wave, now)
-            now += interval
-    return Outcome("pass", len(s.waves), None)
+    return Outcome("pass", len(waves), None)
 
 
-def _beyond(check: CheckSpec, value: float, base: float) -> bool:
-    if check.bad.value == "rise":
-        return value > base * (1 + check.min_change) and value - base >= check.min_absolute
-    return value < base * (1 - check.min_change) and base - value >= check.min_absolute
+def flagger_score(waves: Sequence[Sequence[tuple[Sequence[float], datetime | None]]],
+                  threshold: int = 5) -> float:
+    """The largest threshold multiple at which some wave still collects `threshold`
+    failed checks: the push fails at `scale` exactly when this score exceeds it."""
+    best = -math.inf
+    for minutes in waves:
+        reach = sorted((r for checks, _ in minutes for r in checks), reverse=True)
+        if len(reach) >= threshold:
+            best = max(best, reach[threshold - 1])
+    return best
+
+
+def flagger(s: Scenario, threshold: int = 5, interval: timedelta = timedelta(minutes=1)
+            ) -> Outcome:
+    """Fixed thresholds on the last minute, every minute; fail at `threshold` failed checks."""
+    return flagger_decide(flagger_waves(s, interval), 1.0, threshold)
+
+
+def _reach(check: CheckSpec, value: float | None, base: float) -> float:
+    """The largest m for which `value` is beyond the threshold m * (`min_change`,
+    `min_absolute`) from `base` in the bad direction (the check fails for m < reach)."""
+    if value is None:
+        return math.inf
+    moved = value - base if check.bad.value == "rise" else base - value
+    if moved <= 0:
+        return -math.inf
+    relative = moved / base / check.min_change if base > 0 and check.min_change > 0 \
+        else math.inf
+    absolute = moved / check.min_absolute if check.min_absolute > 0 else math.inf
+    return min(relative, absolute)
