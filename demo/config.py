@@ -6,7 +6,8 @@ of the root config.toml with only these lines changed, each marked
 
 - `[schedule]` days, window, every, jitter and freezes: pushes at any hour,
   every `timings.every` (the root file keeps production timings);
-- `[guard]` baseline, warmup, bake and look_every: `timings`;
+- `[guard]` baseline, warmup, bake and look_every: `timings`; on_inconclusive
+  "extend:" one more bake (see DEMO below);
 - relative paths (`state_dir`, `tokens_file`, `repo`, `key_file`,
   `known_hosts`, `password_file`, `token_file`) made absolute, since the copy
   lives in another folder but must name the same files;
@@ -56,14 +57,16 @@ class Timings:
 
     def guard(self) -> dict[str, object]:
         return {"baseline": self.baseline, "warmup": self.warmup, "bake": self.bake,
-                "look_every": self.look_every}
+                "look_every": self.look_every, "on_inconclusive": f"extend:{self.bake}"}
 
 
-# The guard passes a push only when its data could have shown a severe change,
-# and with no history before the demo it judges the fleet wave against a
-# baseline that ended a whole canary bake earlier: baselines of about four
-# times the push and enough checkouts per interval keep harmless pushes from
-# ending "inconclusive" (about 1 in 300 wave checks here, 1 in 1000 in CHECK).
+# The guard passes a push only when its data rule out a severe change, and
+# with no history before the demo it judges the fleet wave against a baseline
+# that ended a whole canary bake earlier, which holds the previous push's
+# restart blips: baselines of about four times the push and enough checkouts
+# per interval keep harmless pushes from ending "inconclusive" most of the
+# time, and a bake that ends inconclusive is extended once by a bake's length
+# (`on_inconclusive = "extend:..."`, as an operator with short bakes would set).
 # `make demo`: a person watches; the story reaches the halt in about 6 minutes.
 DEMO = Timings(every="30s", baseline="120s", warmup="5s", bake="30s", look_every="5s", rps=100)
 # `make demo-check`: the same story headless, in windows of seconds.

@@ -42,14 +42,14 @@ from daemon import config as daemon_config
 from daemon.config import Config
 from demo import config as demo_config
 from demo import hosts as demo_hosts
-from demo import procs, repo
+from demo import influx, procs, repo
 from demo.daemon_process import DaemonProcess, pushguard_command
 from demo.errors import DemoError
-from demo.influx import InfluxServer
 from demo.layout import Layout
 from demo.screen import Screen
 from demo.traffic import MetricWriter, Target, Traffic
 from demo.webhooks import HookReceiver
+from tests.influxd import Influxd
 
 
 class Sandbox:
@@ -64,7 +64,7 @@ class Sandbox:
         self.config: Config = self.base
         self.refs: dict[str, str] = {}
         self.tokens: dict[str, str] = {}
-        self.influx: InfluxServer | None = None
+        self.influx: Influxd | None = None
         self.hosts: demo_hosts.Hosts | None = None
         self.traffic: Traffic | None = None
         self.traffic_started = 0.0
@@ -91,8 +91,8 @@ class Sandbox:
         fleet_plan = demo_hosts.plan(self.base)
         self._check_ports(fleet_plan)
         say("step", f"InfluxDB on {self.base.influxdb.url}, database {self.base.influxdb.database}")
-        self.influx = InfluxServer.start(self.layout.influx, _port(self.base.influxdb.url),
-                                         self.base.influxdb.database)
+        self.influx = influx.start(self.layout.influx, _port(self.base.influxdb.url),
+                                   self.base.influxdb.database)
         self.ledger.add("influxd", self.influx.pid)
         self._start_hosts(fleet_plan)
         self.refs = repo.build(self.base.source.repo, self.layout.work_tree)

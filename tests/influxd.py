@@ -1,6 +1,6 @@
 """A real InfluxDB 1.x server (Debian's /usr/bin/influxd) on loopback.
 
-Plain module with no pytest import so that `make demo` can reuse it:
+Plain module with no pytest import so that `make demo` reuses it (demo/influx.py):
 
     with Influxd.start(Path("var/influx")) as server:
         print(server.url)   # http://127.0.0.1:PORT, database created on demand
@@ -94,9 +94,11 @@ class Influxd:
         self.process = process
 
     @classmethod
-    def start(cls, root: Path, *, timeout: float = 30.0, port: int | None = None) -> Influxd:
+    def start(cls, root: Path, *, timeout: float = 30.0, port: int | None = None,
+              own_session: bool = False) -> Influxd:
         """Start influxd with its data under `root` (HTTP on `port`, or a free one);
-        wait until /ping answers."""
+        wait until /ping answers. `own_session`: out of the caller's process group, so
+        that a Ctrl-C reaches only the caller (the demo), which stops it in order."""
         if not Path(INFLUXD).exists():
             raise InfluxdError(f"{INFLUXD} is not installed (Debian package `influxdb`)")
         root.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,7 @@ class Influxd:
         process = subprocess.Popen(
             [INFLUXD, "-config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=own_session,
         )
         log.close()
         server = cls(root, http_port, process)
@@ -118,6 +121,10 @@ class Influxd:
             server.stop()
             raise
         return server
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
