@@ -37,10 +37,13 @@ Deciding: see `checks.verdict` for the boundaries. A comparison fails only
 when the look may stop, z reaches the boundary, the estimated change is
 beyond `min_change` and `min_absolute`, and the recent half of the after
 window is beyond `min_change` too (an effect that is over is not a
-regression). It passes only when the data rule out a `severe` change (x3
-errors, say, or the expected rate plus `min_absolute`) with 95 %
-confidence, under the same noise model (`ruled_out`). Otherwise it is
-inconclusive, never a pass.
+regression). At the final look (`Rule.z_recent` finite) the recent half of
+the after window is also tested on its own, with the same noise model and
+its own share of the alpha: a regression that began late in the bake is
+diluted in the whole window but not in its recent half. A comparison passes
+only when the data rule out a `severe` change (x3 errors, say, or the
+expected rate plus `min_absolute`) with 95 % confidence, under the same
+noise model (`ruled_out`). Otherwise it is inconclusive, never a pass.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
-from checks.noise import model, prediction
+from checks.noise import Noise, model, prediction
 from checks.rates import Rates
 from daemon.models import Verdict
 
@@ -72,6 +75,7 @@ class Rule:
     min_absolute: float
     z: float
     severe: float
+    z_recent: float = math.inf  # the boundary of the test on the recent half (final look)
 
 
 @dataclass(frozen=True)
@@ -162,13 +166,11 @@ def rate_change(a: float, xa: float, b: float, xb: float, scale: float) -> tuple
     return (math.inf if ra > 0 else 0.0), ra - rb
 
 
-def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
-                  history: Rates | None = None, scale: float | None = None,
-                  scale_var: float = 0.0) -> Comparison:
-    """Compare after-events against before-events over their exposures (module doc)."""
-    b, xb = before.total()
+def expectation(before: Rates, after: Rates, history: Rates | None, scale: float | None,
+                scale_var: float) -> tuple[Noise, float, float]:
+    """(the noise model, the expected after/before rate ratio, the extra log-scale
+    variance) for comparing `after` with `before` (module doc)."""
     noise = model(before, after.centre(), history)
-    phi = noise.phi
     extra = noise.window(after.span()) + noise.window(before.span()) + scale_var
     if scale is None:
         shift, extra_drift = noise.expected_shift()
@@ -178,6 +180,17 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
             extra = predicted[1]
         scale = math.exp(shift)
         extra += extra_drift
+    return noise, scale, extra
+
+
+def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
+                  history: Rates | None = None, scale: float | None = None,
+                  scale_var: float = 0.0) -> Comparison:
+    """Compare after-events against before-events over their exposures (module doc)."""
+    b, xb = before.total()
+    given = scale
+    noise, scale, extra = expectation(before, after, history, given, scale_var)
+    phi = noise.phi
     full = after
     after, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
     a, xa = after.total()
@@ -191,9 +204,10 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
     ev_after = _evidence(full, a, xa, naming)
     ev_after.update(change=change if math.isfinite(change) else None, left_out=trimmed)
 
-    def out(verdict: Verdict, reason: str) -> Comparison:
-        return Comparison(verdict, z, rule.z if math.isfinite(rule.z) else None, change,
-                          reason, ev_before, ev_after)
+    def out(verdict: Verdict, reason: str, statistic: float = z,
+            threshold: float = rule.z) -> Comparison:
+        return Comparison(verdict, statistic, threshold if math.isfinite(threshold) else None,
+                          change, reason, ev_before, ev_after)
 
     can_stop = math.isfinite(rule.z) and trimmed is not None
     if xb <= 0 or (b + a <= 0 and rule.min_absolute <= 0):
@@ -204,6 +218,14 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
         if s * recent >= rule.min_change:
             return out(Verdict.FAIL, f"{text}: z={z:.2f} >= {rule.z:.2f}")
         return out(Verdict.PASS, f"{text}: transient, the recent half is back near the baseline")
+    if math.isfinite(rule.z_recent):
+        late = _recent_half(before, full, rule, history, given, scale_var)
+        if late is not None:
+            ev_after["recent_half"] = late[2]
+            if late[0] >= rule.z_recent:
+                return out(Verdict.FAIL, f"{text}; the recent half: {late[1]}: "
+                                         f"z={late[0]:.2f} >= {rule.z_recent:.2f}",
+                           late[0], rule.z_recent)
     if not can_stop:
         return out(Verdict.INCONCLUSIVE, f"{text}: too early to decide")
     expected = scale * b / xb
@@ -218,6 +240,31 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
                                          f"out (z={z_h:.2f} < {PASS_Z:.2f})")
     detail = "no harmful change" if z < rule.z else "change below the smallest that matters"
     return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})")
+
+
+def _recent_half(before: Rates, after: Rates, rule: Rule, history: Rates | None,
+                 scale: float | None, scale_var: float
+                 ) -> tuple[float, str, dict[str, object]] | None:
+    """(z, text, evidence) of the after window's recent half against the baseline, or
+    None when the half is too short or its change is not beyond the smallest that
+    matters (then it may not fail)."""
+    half = after.recent_half()
+    b, xb = before.total()
+    noise, scale, extra = expectation(before, half, history, scale, scale_var)
+    half, trimmed = trim_worst(half, scale * b / xb if xb > 0 else 0.0, rule.bad)
+    if trimmed is None or xb <= 0:
+        return None
+    a, xa = half.total()
+    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra)
+    change, diff = rate_change(a, xa, b, xb, scale)
+    s = 1.0 if rule.bad == "rise" else -1.0
+    evidence: dict[str, object] = {"events": a, "exposure": xa, "intervals": len(half.events),
+                                   "z": round(z, 3), "change": change
+                                   if math.isfinite(change) else None}
+    if not (s * change >= rule.min_change and s * diff >= rule.min_absolute and s * diff > 0):
+        return None
+    rate = a / xa if xa > 0 else 0.0
+    return z, f"{_fmt_change(change)} ({a:.0f} events, {rate:.4g} per unit)", evidence
 
 
 def _evidence(r: Rates, events: float, exposure: float, naming: Naming) -> dict[str, object]:

@@ -3,17 +3,21 @@
 The false-alarm budget `[guard] false_alarm` is per push: over both bakes
 (canary and fleet), all critical checks and all looks. It is split with
 Bonferroni across the bakes and the critical checks, alpha = false_alarm /
-(2 * critical checks), and each check spends its alpha across the looks of
-a bake with a Hwang-Shih-DeCani spending function, gamma -2
+(2 * critical checks), and each check spends its alpha across the looks of a
+bake with a Hwang-Shih-DeCani spending function, gamma -2
 (`checks.sequential`): a little early, so that a severe regression stops
 within the first looks that may stop, most of it towards the end of the
 bake, where a moderate regression has gathered its evidence. (Pocock-type
 spending, also implemented, spends evenly and catches fewer moderate
-regressions.) Looks whose after
-window is shorter than three of the check's intervals may not stop (the
-worst interval is left out of every test, see `checks.stats`); the alpha of
-those looks is carried to the first look that may. Advisory checks are
-judged the same way and reported, but never fail a push.
+regressions.) Looks whose after window is shorter than three of the check's
+intervals may not stop (the worst interval is left out of every test, see
+`checks.stats`); the alpha of those looks is carried to the first look that
+may. A rate check (count, ratio, latency share) keeps a quarter of its alpha
+(`RECENT_SHARE`) for a second test at the final look, on the recent half of
+the after window alone (`checks.stats`): a regression with a late onset is
+diluted in the whole window. By Bonferroni the two tests together stay
+within the check's alpha. Advisory checks are judged the same way and
+reported, but never fail a push.
 
 A look is FAIL as soon as one critical check fails; PASS only at the final
 look when every critical check passed; otherwise INCONCLUSIVE. A source that
@@ -35,7 +39,7 @@ from datetime import datetime, timedelta
 from checks.evaluate import evaluate, severe_factor
 from checks.sequential import boundaries, look_fractions
 from checks.series import MetricSource
-from checks.spec import CheckSpec
+from checks.spec import CheckSpec, Kind
 from checks.stats import Rule
 from checks.windows import Reader, after_window, baseline_window
 from daemon.config import GuardConfig
@@ -47,6 +51,7 @@ log = logging.getLogger("pushguard.guard")
 BAKES_PER_PUSH = 2  # canary and fleet: both share one push's budget
 MIN_INTERVALS = 3  # a look may stop only with this many intervals after warm-up
 SPENDING = "hsd"
+RECENT_SHARE = 0.25  # of a rate check's alpha: the final look's test on the recent half
 UNAVAILABLE = "metrics unavailable"
 
 
@@ -70,7 +75,7 @@ class Guard:
         self._reader = Reader(source)
         critical = sum(1 for c in self._checks if c.critical)
         self.alpha = config.false_alarm / (BAKES_PER_PUSH * max(critical, 1))
-        self._bounds: dict[tuple[int, int], tuple[float, ...]] = {}
+        self._bounds: dict[tuple[int, int, float], tuple[float, ...]] = {}
         self._source_ok = True
         self._marker_ok = True
 
@@ -87,10 +92,18 @@ class Guard:
         looks = max(looks, 1)
         first = math.ceil(MIN_INTERVALS * self.step(check) / self._config.look_every)
         first = min(max(first, 1), looks)
-        key = (looks, first)
+        alpha = self.alpha * (1.0 - RECENT_SHARE) if _is_rate(check) else self.alpha
+        key = (looks, first, alpha)
         if key not in self._bounds:
-            self._bounds[key] = boundaries(self.alpha, look_fractions(looks, first), SPENDING)
+            self._bounds[key] = boundaries(alpha, look_fractions(looks, first), SPENDING)
         return self._bounds[key][min(max(look, 1), looks) - 1]
+
+    def recent_boundary(self, check: CheckSpec, look: int, looks: int) -> float:
+        """The boundary of a rate check's test on the recent half of the after window:
+        at the final look only, with its share of the check's alpha."""
+        if look != max(looks, 1) or not _is_rate(check) or look <= 0:
+            return math.inf
+        return _norm_isf(self.alpha * RECENT_SHARE)
 
     async def preflight(self, now: datetime, *, push_id: int = 0) -> Look:
         """Is the service already degraded? Recent window vs the window before it."""
@@ -112,7 +125,8 @@ class Guard:
                    final: bool) -> Look:
         """Judge every check at one look of a bake; never raises."""
         results = await asyncio.gather(*(
-            self._judge(c, push_id, look, baseline, after, self.boundary(c, look, looks))
+            self._judge(c, push_id, look, baseline, after, self.boundary(c, look, looks),
+                        self.recent_boundary(c, look, looks))
             for c in self._checks))
         return _aggregate(results, final=final, look=look, looks=looks)
 
@@ -138,11 +152,12 @@ class Guard:
 
     async def _judge(self, check: CheckSpec, push_id: int, look: int,
                      before: tuple[datetime, datetime], after: tuple[datetime, datetime],
-                     z: float) -> CheckResult:
+                     z: float, z_recent: float = math.inf) -> CheckResult:
         step = self.step(check)
         bw, aw = baseline_window(before, step), after_window(after, step)
         rule = Rule(bad=check.bad.value, min_change=check.min_change,
-                    min_absolute=check.min_absolute, z=z, severe=severe_factor(check))
+                    min_absolute=check.min_absolute, z=z, severe=severe_factor(check),
+                    z_recent=z_recent)
 
         def result(verdict: Verdict, reason: str, queries: tuple[str, ...] = (),
                    statistic: float | None = None, threshold: float | None = None,
@@ -207,6 +222,11 @@ def _aggregate(results: Sequence[CheckResult], *, final: bool, look: int, looks:
         return Look(Verdict.INCONCLUSIVE, f"inconclusive{where}: {text}{note}", tuple(results))
     return Look(Verdict.PASS, f"all {len(critical)} critical check(s) passed{where}{note}",
                 tuple(results))
+
+
+def _is_rate(check: CheckSpec) -> bool:
+    return check.kind in (Kind.COUNT, Kind.RATIO) or (check.kind == Kind.LATENCY
+                                                      and check.latency_mode == "threshold")
 
 
 def _finite(value: float | None) -> float | None:

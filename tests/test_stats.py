@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import special
 
 from checks.noise import Noise, blocks, fast_dispersion, model, prediction
 from checks.ranks import Levels, compare_levels
@@ -21,6 +22,7 @@ from checks.sequential import (
     pocock_spending,
 )
 from checks.stats import Naming, Rule, binomial_z, compare_rates, rate_z
+from checks.verdict import RECENT_SHARE
 from daemon.models import Verdict
 
 RATIO = Naming("errors/requests", "ratio")
@@ -252,6 +254,25 @@ def test_a_wandering_count_keeps_its_budget_and_a_10_percent_drop_fails() -> Non
     assert fails(0.9, 150) >= 95
 
 
+def test_a_late_onset_fails_on_the_recent_half_at_the_final_look() -> None:
+    # errors x1.6 from the 12th of 18 intervals: the whole window dilutes the rise to
+    # x1.2, below its boundary; the recent half holds it in full
+    before = rates([20.0] * 60, [2000.0] * 60, -1800)
+    after = rates([20.0] * 11 + [32.0] * 7, [2000.0] * 18, 60)
+    whole = compare_rates(before, after, rule(z=3.2), RATIO)
+    assert whole.verdict == Verdict.PASS, whole.reason
+    late = compare_rates(before, after, Rule(bad="rise", min_change=0.2, min_absolute=0.0,
+                                             z=3.2, severe=3.0, z_recent=3.0), RATIO)
+    assert late.verdict == Verdict.FAIL and "recent half" in late.reason, late.reason
+    assert late.statistic is not None and late.statistic >= 3.0 and late.threshold == 3.0
+    assert isinstance(late.after["recent_half"], dict)
+    # a transient at the start of the window is no reason for the recent half to fail
+    early = rates([32.0] * 7 + [20.0] * 11, [2000.0] * 18, 60)
+    gone = compare_rates(before, early, Rule(bad="rise", min_change=0.2, min_absolute=0.0,
+                                             z=3.2, severe=3.0, z_recent=3.0), RATIO)
+    assert gone.verdict != Verdict.FAIL, gone.reason
+
+
 def test_a_pass_needs_the_data_to_rule_out_a_severe_change() -> None:
     # x2.9 errors, at a look whose boundary is out of reach: enough data to reveal a x3
     # rise, but they do not rule it out, so this is no pass
@@ -316,15 +337,16 @@ def test_a_handful_of_values_is_inconclusive() -> None:
 # -- null simulation: the false-alarm budget holds across looks ------------------------------------
 
 def null_bake_fails(rng: np.random.Generator, rps: float, p: float, bounds: tuple[float, ...],
-                    ) -> bool:
+                    z_recent: float) -> bool:
     """One harmless bake of a ratio check with every floor at zero: only the statistic
-    decides; True when any look fails."""
+    decides; True when any look fails (the final one also on its recent half)."""
     history = blocks(errors(rng, 480, rps, p, -14400))
     before = errors(rng, 60, rps, p, -1800)
     after = errors(rng, len(bounds), rps, p, 60)
     for k, z in enumerate(bounds, start=1):
         window = Rates(after.events[:k], after.exposure[:k], after.times[:k], 30.0)
-        r = Rule(bad="rise", min_change=0.0, min_absolute=0.0, z=z, severe=3.0)
+        r = Rule(bad="rise", min_change=0.0, min_absolute=0.0, z=z, severe=3.0,
+                 z_recent=z_recent if k == len(bounds) else math.inf)
         if compare_rates(before, window, r, RATIO, history=history).verdict == Verdict.FAIL:
             return True
     return False
@@ -336,8 +358,10 @@ def null_bake_fails(rng: np.random.Generator, rps: float, p: float, bounds: tupl
 def test_null_false_alarms_across_looks_stay_within_budget(rps: float, p: float,
                                                            seed: int) -> None:
     alpha = 0.02  # per bake: large, so that 120 bakes can show an excess
-    bounds = boundaries(alpha, look_fractions(18, 3), "obrien-fleming")
+    share = RECENT_SHARE  # the guard's split between the looks and the recent half
+    bounds = boundaries(alpha * (1 - share), look_fractions(18, 3), "hsd")
+    z_recent = -float(special.ndtri(alpha * share))
     rng = np.random.default_rng(seed)
-    fails = sum(null_bake_fails(rng, rps, p, bounds) for _ in range(120))
+    fails = sum(null_bake_fails(rng, rps, p, bounds, z_recent) for _ in range(120))
     # P(X >= 8) < 0.3 % for X ~ Binomial(120, 0.02): an excess, not chance
     assert fails <= 7, f"{fails} of 120 harmless bakes failed at alpha {alpha}"
