@@ -33,7 +33,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from checks.influx import marker_line
-from checks.series import QUANTILE, Series
+from checks.series import QUANTILE, Series, columns
 from checks.spec import CheckSpec, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
@@ -53,7 +53,7 @@ def flux(check: CheckSpec, slower_than: float | None) -> tuple[str, dict[str, An
     params: dict[str, Any] = {"_pg_measurement": check.measurement}
     if check.query:
         text = check.query.replace("{start}", "_pg_start").replace("{stop}", "_pg_stop")
-        return text.replace("{interval}", "_pg_every"), params, _wanted(check)
+        return text.replace("{interval}", "_pg_every"), params, columns(check)
     where = ["r._measurement == _pg_measurement"]
     for i, (key, value) in enumerate(check.where):
         params[f"_pg_w{i}"] = value
@@ -87,18 +87,8 @@ def flux(check: CheckSpec, slower_than: float | None) -> tuple[str, dict[str, An
         else:
             params["_pg_slower"] = float(slower_than)
             one("slow", check.field, "count", " and r._value > _pg_slower")
-    names = _wanted(check) + (["slow"] if slower_than is not None else [])
+    names = columns(check) + (["slow"] if slower_than is not None else [])
     return head + "\n" + "\n".join(parts), params, names
-
-
-def _wanted(check: CheckSpec) -> list[str]:
-    if check.kind == Kind.COUNT:
-        return ["count"]
-    if check.kind == Kind.RATIO:
-        return ["bad", "all"]
-    if check.kind == Kind.LATENCY and check.latency_mode == "threshold":
-        return ["all"]
-    return ["value"]
 
 
 class FluxSource:

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from checks.influx import marker_line
-from checks.series import QUANTILE, Series
+from checks.series import QUANTILE, Series, columns
 from checks.spec import CheckSpec, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
@@ -117,17 +117,17 @@ class InfluxQLSource:
         results = await self._query(";\n".join(texts), params)
         rows: Rows = {}
         quantile: float | None = None
-        wanted = _wanted(check)
+        wanted = columns(check)
         for result in results:
             for serie in result.get("series") or []:
-                columns = list(serie.get("columns") or [])
+                names = list(serie.get("columns") or [])
                 for row in serie.get("values") or []:
-                    values = dict(zip(columns[1:], row[1:], strict=False))
+                    values = dict(zip(names[1:], row[1:], strict=False))
                     if "quantile" in values:
                         quantile = _number(values.pop("quantile"))
                         continue
                     slot = rows.setdefault(int(row[0]), {})
-                    for i, name in enumerate(columns[1:]):
+                    for i, name in enumerate(names[1:]):
                         key = name if name in wanted or not check.query else \
                             (wanted[i] if i < len(wanted) else name)
                         slot[key] = _number(row[i + 1])
@@ -185,16 +185,6 @@ class InfluxQLSource:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _wanted(check: CheckSpec) -> list[str]:
-    if check.kind == Kind.COUNT:
-        return ["count"]
-    if check.kind == Kind.RATIO:
-        return ["bad", "all"]
-    if check.kind == Kind.LATENCY and check.latency_mode == "threshold":
-        return ["all"]
-    return ["value"]
 
 
 def _number(value: object) -> float | None:

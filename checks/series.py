@@ -24,9 +24,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from checks.spec import CheckSpec
+from checks.spec import CheckSpec, Kind
 
 QUANTILE = 0.95  # the latency threshold mode compares against the baseline's p95
+
+
+def columns(check: CheckSpec) -> list[str]:
+    """The columns a source reads for `check` (the table above; `slow` comes on top)."""
+    if check.kind == Kind.COUNT:
+        return ["count"]
+    if check.kind == Kind.RATIO:
+        return ["bad", "all"]
+    if check.kind == Kind.LATENCY and check.latency_mode == "threshold":
+        return ["all"]
+    return ["value"]
 
 
 @dataclass(frozen=True)
