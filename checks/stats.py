@@ -40,7 +40,10 @@ window is beyond `min_change` too (an effect that is over is not a
 regression). At the final look (`Rule.z_recent` finite) the recent half of
 the after window is also tested on its own, with the same noise model and
 its own share of the alpha: a regression that began late in the bake is
-diluted in the whole window but not in its recent half. A comparison passes
+diluted in the whole window but not in its recent half. That test fails the
+comparison when its z reaches `z_recent`, the half's own change is beyond
+`min_change` and `min_absolute` (the whole window's may be less), and the
+half's newest half is still beyond `min_change`. A comparison passes
 only when the data rule out a `severe` change (x3 errors, say, or the
 expected rate plus `min_absolute`) with 95 % confidence, under the same
 noise model (`ruled_out`). Otherwise it is inconclusive, never a pass.
@@ -246,8 +249,8 @@ def _recent_half(before: Rates, after: Rates, rule: Rule, history: Rates | None,
                  scale: float | None, scale_var: float
                  ) -> tuple[float, str, dict[str, object]] | None:
     """(z, text, evidence) of the after window's recent half against the baseline, or
-    None when the half is too short or its change is not beyond the smallest that
-    matters (then it may not fail)."""
+    None when the half may not fail: too short, a change not beyond the smallest
+    that matters, or one that is over by the end of the window."""
     half = after.recent_half()
     b, xb = before.total()
     noise, scale, extra = expectation(before, half, history, scale, scale_var)
@@ -263,6 +266,9 @@ def _recent_half(before: Rates, after: Rates, rule: Rule, history: Rates | None,
                                    if math.isfinite(change) else None}
     if not (s * change >= rule.min_change and s * diff >= rule.min_absolute and s * diff > 0):
         return None
+    recent, _ = rate_change(*half.recent_half().total(), b, xb, scale)
+    if s * recent < rule.min_change:
+        return None  # over by the end of the window: a transient, as for the whole window
     rate = a / xa if xa > 0 else 0.0
     return z, f"{_fmt_change(change)} ({a:.0f} events, {rate:.4g} per unit)", evidence
 

@@ -16,8 +16,12 @@ may. A rate check (count, ratio, latency share) keeps a quarter of its alpha
 (`RECENT_SHARE`) for a second test at the final look, on the recent half of
 the after window alone (`checks.stats`): a regression with a late onset is
 diluted in the whole window. By Bonferroni the two tests together stay
-within the check's alpha. Advisory checks are judged the same way and
-reported, but never fail a push.
+within the check's alpha. The final look is the last one planned: with
+`on_inconclusive = "extend:D"` that is the end of the extension, so a bake
+that passes at its usual end leaves that quarter unspent. Counts with a
+seasonal reference have no second test (their expected ratio is the whole
+window's) and spend all of their alpha over the looks. Advisory checks are
+judged the same way and reported, but never fail a push.
 
 A look is FAIL as soon as one critical check fails; PASS only at the final
 look when every critical check passed; otherwise INCONCLUSIVE. A source that
@@ -92,7 +96,7 @@ class Guard:
         looks = max(looks, 1)
         first = math.ceil(MIN_INTERVALS * self.step(check) / self._config.look_every)
         first = min(max(first, 1), looks)
-        alpha = self.alpha * (1.0 - RECENT_SHARE) if _is_rate(check) else self.alpha
+        alpha = self.alpha * (1.0 - RECENT_SHARE) if self._recent_test(check) else self.alpha
         key = (looks, first, alpha)
         if key not in self._bounds:
             self._bounds[key] = boundaries(alpha, look_fractions(looks, first), SPENDING)
@@ -101,9 +105,17 @@ class Guard:
     def recent_boundary(self, check: CheckSpec, look: int, looks: int) -> float:
         """The boundary of a rate check's test on the recent half of the after window:
         at the final look only, with its share of the check's alpha."""
-        if look != max(looks, 1) or not _is_rate(check) or look <= 0:
+        if look != max(looks, 1) or not self._recent_test(check) or look <= 0:
             return math.inf
         return _norm_isf(self.alpha * RECENT_SHARE)
+
+    def _recent_test(self, check: CheckSpec) -> bool:
+        """Rate checks test the recent half, except counts against a seasonal reference
+        (whose expected ratio is the whole after window's)."""
+        if check.kind == Kind.COUNT and self._config.seasonal_days:
+            return False
+        return check.kind in (Kind.COUNT, Kind.RATIO) or (check.kind == Kind.LATENCY
+                                                          and check.latency_mode == "threshold")
 
     async def preflight(self, now: datetime, *, push_id: int = 0) -> Look:
         """Is the service already degraded? Recent window vs the window before it."""
@@ -222,11 +234,6 @@ def _aggregate(results: Sequence[CheckResult], *, final: bool, look: int, looks:
         return Look(Verdict.INCONCLUSIVE, f"inconclusive{where}: {text}{note}", tuple(results))
     return Look(Verdict.PASS, f"all {len(critical)} critical check(s) passed{where}{note}",
                 tuple(results))
-
-
-def _is_rate(check: CheckSpec) -> bool:
-    return check.kind in (Kind.COUNT, Kind.RATIO) or (check.kind == Kind.LATENCY
-                                                      and check.latency_mode == "threshold")
 
 
 def _finite(value: float | None) -> float | None:

@@ -271,6 +271,11 @@ def test_a_late_onset_fails_on_the_recent_half_at_the_final_look() -> None:
     gone = compare_rates(before, early, Rule(bad="rise", min_change=0.2, min_absolute=0.0,
                                              z=3.2, severe=3.0, z_recent=3.0), RATIO)
     assert gone.verdict != Verdict.FAIL, gone.reason
+    # nor one that rose in the recent half and is over by the end of the window
+    over = rates([20.0] * 9 + [40.0] * 5 + [20.0] * 4, [2000.0] * 18, 60)
+    back = compare_rates(before, over, Rule(bad="rise", min_change=0.2, min_absolute=0.0,
+                                            z=3.2, severe=3.0, z_recent=3.0), RATIO)
+    assert back.verdict != Verdict.FAIL, back.reason
 
 
 def test_a_pass_needs_the_data_to_rule_out_a_severe_change() -> None:

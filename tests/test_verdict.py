@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import special
 
 from checks import scenario as judge
 from checks.scenario import ScenarioSource, load
+from checks.sequential import boundaries, look_fractions
 from checks.series import Series
-from checks.spec import CheckSpec
-from checks.verdict import Guard
+from checks.spec import CheckSpec, Kind
+from checks.verdict import RECENT_SHARE, Guard
 from daemon.config import GuardConfig
 from daemon.errors import CheckError
 from daemon.models import Verdict
@@ -68,6 +71,25 @@ def test_looks_and_budget() -> None:
     guard, _ = guard_for(data())
     assert guard.looks(CONFIG.bake) == 18  # (10m - 1m) / 30s
     assert guard.alpha == pytest.approx(0.01 / 2)  # one critical check, two bakes
+
+
+def test_a_rate_check_keeps_a_quarter_of_its_alpha_for_the_recent_half() -> None:
+    guard, (errors, cpu) = guard_for(data())
+    spent = boundaries(guard.alpha * (1 - RECENT_SHARE), look_fractions(18, 3), "hsd")
+    assert [guard.boundary(errors, k, 18) for k in range(1, 19)] == pytest.approx(spent)
+    assert guard.recent_boundary(errors, 18, 18) == pytest.approx(
+        -float(special.ndtri(guard.alpha * RECENT_SHARE)))
+    assert all(math.isinf(guard.recent_boundary(errors, k, 18)) for k in range(1, 18))
+    assert math.isinf(guard.recent_boundary(cpu, 18, 18))  # gauges: rank test only
+    full = boundaries(guard.alpha, look_fractions(18, 3), "hsd")
+    assert [guard.boundary(cpu, k, 18) for k in range(1, 19)] == pytest.approx(full)
+    # a count against a seasonal reference expects the whole window's ratio: no half test
+    count = replace(errors, kind=Kind.COUNT, field="requests")
+    source = ScenarioSource(load(data()))
+    seasonal = Guard(replace(CONFIG, seasonal_days=1), [count], source)
+    assert math.isinf(seasonal.recent_boundary(count, 18, 18))
+    assert seasonal.boundary(count, 18, 18) == pytest.approx(
+        boundaries(seasonal.alpha, look_fractions(18, 3), "hsd")[-1])
 
 
 async def test_pass_only_at_the_final_look() -> None:
