@@ -11,6 +11,7 @@ it is idempotent.
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def start(root: Path, port: int, database: str, timeout: float = 30.0) -> Influx
         raise InfluxError(str(exc)) from None
     try:
         server.create_database(database)
-    except (OSError, urllib.error.URLError) as exc:
+    except BaseException as exc:  # a Ctrl-C here too: influxd runs in its own session
         server.stop()
-        raise InfluxError(f"influxd refused CREATE DATABASE {database!r}: {exc}") from None
+        if isinstance(exc, OSError | urllib.error.URLError | http.client.HTTPException):
+            raise InfluxError(f"influxd refused CREATE DATABASE {database!r}: {exc}") from None
+        raise
     return server
