@@ -349,6 +349,18 @@ def goals(rows: list[dict[str, Any]]) -> None:
           f"{rate(pick(gauges, severity='moderate'), 'guard', fails).strip()}.")
 
 
+def _plain(value: Any) -> Any:
+    """`value` with non-finite floats (a score that no setting reaches) as strings, so
+    that the file is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=4)
@@ -382,7 +394,7 @@ def main() -> None:
     print("Checks: " + json.dumps([*CHECKS.values(), GAUGE_CHECK]))
     report(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, default=str))
+        Path(args.json).write_text(json.dumps(_plain(rows), default=str, allow_nan=False))
 
 
 if __name__ == "__main__":

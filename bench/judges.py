@@ -225,6 +225,8 @@ def _reach(check: CheckSpec, value: float | None, base: float) -> float:
     `min_absolute`) from `base` in the bad direction (the check fails for m < reach)."""
     if value is None:
         return math.inf
+    if not (math.isfinite(value) and math.isfinite(base)):
+        return -math.inf  # as before: a NaN compares false, so it is no failed check
     moved = value - base if check.bad.value == "rise" else base - value
     if moved <= 0:
         return -math.inf
