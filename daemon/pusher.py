@@ -7,8 +7,8 @@ triggers at the same moment start one push and the other gets `Busy`.
 A push: claim -> pre-flight -> build the release -> canary wave -> bake ->
 the rest -> bake -> verdict -> on fail halt the queue (or roll back, by
 policy) -> record. Every step is written to the store before it acts and
-after it ends; a crash anywhere leaves a record that `recover` turns into an
-`interrupted` push and a halted queue at the next start.
+after it ends; a crash anywhere leaves a record that `daemon.recovery` turns
+into an `interrupted` push and a halted queue at the next start.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from daemon.models import (
     Verdict,
 )
 from daemon.notify import Webhooks
+from daemon.recovery import interrupt
 from daemon.release import Release, build_release
 from daemon.store import Store
 
@@ -460,46 +461,6 @@ class Pusher:
                                {"push": push_id})
         except Exception:
             log.exception("could not record push %d as interrupted", push_id)
-
-
-async def interrupt(store: Store, push_id: int, why: str, now: datetime) -> None:
-    """Mark an unfinished push `interrupted`; its changes go back to the queue if no
-    host was touched, else to `failed`; the queue halts with a reason to act on."""
-    results = await store.host_results(push_id)
-    touched = sorted({r.host for r in results if r.step not in ("connect",)})
-    last = results[-1] if results else None
-    where = f" at {last.step} on {last.host}" if last else " before any host was touched"
-    change_to = ChangeState.FAILED if touched else ChangeState.APPROVED
-    push = await store.get_push(push_id)
-    if push.state not in (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING):
-        return
-    hosts = ", ".join(touched) if touched else "none"
-    await store.finish_push(
-        push_id, PushState.INTERRUPTED, change_to, "pusher", f"{why}{where}", now,
-        halt=f"push {push_id} was interrupted{where} ({why}); hosts touched: {hosts}. Check "
-        f"what runs where (GET /v1/hosts), then resume or push a fix")
-
-
-async def recover(store: Store, fleet: Fleet, hosts: Sequence[HostConfig], now: datetime,
-                  clock: Callable[[], datetime]) -> list[int]:
-    """At start-up: interrupt every unfinished push and read back every host's release.
-
-    Returns the ids of the pushes it interrupted.
-    """
-    unfinished = await store.unfinished_pushes()
-    for push in unfinished:
-        await interrupt(store, push.id, "the daemon restarted during the push", now)
-    for push_id, change_id in await store.stranded_changes():
-        # the push ended (a rollback was under way) but its change never did
-        why = f"push {push_id} ended while change {change_id} was going out (stopped mid-rollback)"
-        await store.transition_change(
-            change_id, ChangeState.FAILED, "recovery", why, now, push_id,
-            halt=f"{why}; check what runs where (GET /v1/hosts), then resume")
-        unfinished.append(await store.get_push(push_id))
-    for outcome in await fleet.read_live(hosts):
-        await store.record_live(outcome.host, outcome.release, str(outcome.outcome), None,
-                                "recovery", clock())
-    return [push.id for push in unfinished]
 
 
 def _host_result(push_id: int, wave: int, outcome: HostOutcome) -> HostResult:

@@ -32,8 +32,9 @@ from daemon.errors import Busy, StoreError
 from daemon.fleet import Fleet, warn_if_open
 from daemon.models import ChangeState, Control, Push, QueueState, Trigger
 from daemon.notify import Systemd, Webhooks
-from daemon.pusher import Pusher, recover
+from daemon.pusher import Pusher
 from daemon.queue import Queue
+from daemon.recovery import recover
 from daemon.store import Store
 
 log = logging.getLogger("pushguard.service")
