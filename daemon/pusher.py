@@ -22,7 +22,8 @@ from datetime import datetime
 from checks.verdict import Guard, Look
 from daemon.config import Config, HostConfig
 from daemon.errors import Busy, PushguardError
-from daemon.fleet import Fleet, HostOutcome, StepCallback
+from daemon.fleet import Fleet
+from daemon.hostrun import HostOutcome, StepCallback
 from daemon.models import (
     ChangeState,
     HostResult,

@@ -26,7 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from daemon.config import Config
-from daemon.fleet import Fleet, HostOutcome
+from daemon.fleet import Fleet
+from daemon.hostrun import HostOutcome
 from daemon.models import Outcome
 from daemon.release import build_release
 from demo.errors import DemoError

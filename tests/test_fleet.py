@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from daemon.fleet import Fleet, HostOutcome
+from daemon.fleet import Fleet
+from daemon.hostrun import HostOutcome
 from daemon.models import Outcome
 from daemon.release import Release
 from tests.fixtures_ssh import AppRepo, MakeFleet, deploy_config
