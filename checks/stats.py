@@ -222,7 +222,7 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
             return out(Verdict.FAIL, f"{text}: z={z:.2f} >= {rule.z:.2f}")
         return out(Verdict.PASS, f"{text}: transient, the recent half is back near the baseline")
     if math.isfinite(rule.z_recent):
-        late = _recent_half(before, full, rule, history, given, scale_var)
+        late = _recent_half(before, full, rule, naming, history, given, scale_var)
         if late is not None:
             ev_after["recent_half"] = late[2]
             if late[0] >= rule.z_recent:
@@ -245,8 +245,8 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
     return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})")
 
 
-def _recent_half(before: Rates, after: Rates, rule: Rule, history: Rates | None,
-                 scale: float | None, scale_var: float
+def _recent_half(before: Rates, after: Rates, rule: Rule, naming: Naming,
+                 history: Rates | None, scale: float | None, scale_var: float
                  ) -> tuple[float, str, dict[str, object]] | None:
     """(z, text, evidence) of the after window's recent half against the baseline, or
     None when the half may not fail: too short, a change not beyond the smallest
@@ -270,7 +270,7 @@ def _recent_half(before: Rates, after: Rates, rule: Rule, history: Rates | None,
     if s * recent < rule.min_change:
         return None  # over by the end of the window: a transient, as for the whole window
     rate = a / xa if xa > 0 else 0.0
-    return z, f"{_fmt_change(change)} ({a:.0f} events, {rate:.4g} per unit)", evidence
+    return z, f"{_fmt(rate, naming.unit)} ({_fmt_change(change)}; {a:.0f} events)", evidence
 
 
 def _evidence(r: Rates, events: float, exposure: float, naming: Naming) -> dict[str, object]:
