@@ -96,47 +96,43 @@ def test_no_slot_at_all() -> None:
     assert next_slot(never, BERLIN, b(2026, 6, 1, 0, 0)) is None
 
 
-async def test_ticker_fires_at_slots_through_apscheduler() -> None:
-    """A real AsyncIOScheduler fires the tick at each slot and plans the next."""
-    config = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
-                     window_end=time(23, 59, 59), every=timedelta(seconds=1))
+EVERY_SECOND = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
+                       window_end=time(23, 59, 59), every=timedelta(seconds=1))
+
+
+async def run_ticker(ticks: int, within: float, *, pause: float = 0.0,
+                     clock_behind: timedelta = timedelta(0)) -> tuple[list[datetime], Ticker]:
+    """A real AsyncIOScheduler with a slot every second, run until `ticks` slots fired
+    (each tick busy for `pause` seconds, our clock `clock_behind` the scheduler's)."""
     fired: list[datetime] = []
     done = asyncio.Event()
 
     async def tick(slot: datetime) -> None:
         fired.append(slot)
-        if len(fired) >= 2:
+        if len(fired) >= ticks:
             done.set()
+        if pause:
+            await asyncio.sleep(pause)  # longer than `every`: the pusher is busy
 
-    ticker = Ticker(config, UTC, tick, lambda: datetime.now(UTC))
+    ticker = Ticker(EVERY_SECOND, UTC, tick, lambda: datetime.now(UTC) - clock_behind)
     ticker.start()
     try:
-        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.wait_for(done.wait(), within)
     finally:
         ticker.shutdown()
+    return fired, ticker
+
+
+async def test_ticker_fires_at_slots_through_apscheduler() -> None:
+    """A real AsyncIOScheduler fires the tick at each slot and plans the next."""
+    fired, ticker = await run_ticker(2, 10)
     assert fired[1] > fired[0]
     assert ticker.next_at is not None and ticker.next_at > fired[1]
 
 
 async def test_a_slow_tick_never_stops_the_schedule() -> None:
     """A tick that outlasts the gap between slots: the following slots still fire."""
-    config = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
-                     window_end=time(23, 59, 59), every=timedelta(seconds=1))
-    fired: list[datetime] = []
-    done = asyncio.Event()
-
-    async def slow_tick(slot: datetime) -> None:
-        fired.append(slot)
-        if len(fired) >= 4:
-            done.set()
-        await asyncio.sleep(1.5)  # longer than `every`: the pusher is busy
-
-    ticker = Ticker(config, UTC, slow_tick, lambda: datetime.now(UTC))
-    ticker.start()
-    try:
-        await asyncio.wait_for(done.wait(), 15)
-    finally:
-        ticker.shutdown()
+    fired, _ = await run_ticker(4, 15, pause=1.5)
     assert fired == sorted(fired) and len(set(fired)) == len(fired)
 
 
@@ -144,20 +140,5 @@ async def test_a_clock_behind_the_scheduler_does_not_fire_a_slot_twice_or_stall(
     """APScheduler may run a job a hair before its time by our clock; the next slot
     must still be the one after, not the same slot again (which APScheduler would
     refuse as a second running instance, and the schedule would stop)."""
-    config = replace(PLAIN, days=frozenset(range(7)), window_start=time(0),
-                     window_end=time(23, 59, 59), every=timedelta(seconds=1))
-    fired: list[datetime] = []
-    done = asyncio.Event()
-
-    async def tick(slot: datetime) -> None:
-        fired.append(slot)
-        if len(fired) >= 3:
-            done.set()
-
-    ticker = Ticker(config, UTC, tick, lambda: datetime.now(UTC) - timedelta(milliseconds=300))
-    ticker.start()
-    try:
-        await asyncio.wait_for(done.wait(), 10)
-    finally:
-        ticker.shutdown()
+    fired, _ = await run_ticker(3, 10, clock_behind=timedelta(milliseconds=300))
     assert len(set(fired)) == len(fired), fired
