@@ -186,52 +186,92 @@ def expectation(before: Rates, after: Rates, history: Rates | None, scale: float
     return noise, scale, extra
 
 
+@dataclass(frozen=True)
+class _Test:
+    """One window's test against the baseline: the window without its worst interval,
+    its events and exposure, z, and the change against the expected rate."""
+
+    rule: Rule
+    noise: Noise
+    scale: float
+    extra: float
+    window: Rates
+    trimmed: int | None
+    events: float
+    exposure: float
+    z: float
+    change: float
+    diff: float
+
+    @property
+    def beyond(self) -> bool:
+        """The change is beyond `min_change` and `min_absolute` in the bad direction."""
+        s = 1.0 if self.rule.bad == "rise" else -1.0
+        return (s * self.change >= self.rule.min_change
+                and s * self.diff >= self.rule.min_absolute and s * self.diff > 0)
+
+    def lasting(self, b: float, xb: float) -> bool:
+        """The window's recent half is still beyond `min_change` (not a transient)."""
+        s = 1.0 if self.rule.bad == "rise" else -1.0
+        recent, _ = rate_change(*self.window.recent_half().total(), b, xb, self.scale)
+        return s * recent >= self.rule.min_change
+
+
+def _test(before: Rates, after: Rates, rule: Rule, history: Rates | None,
+          scale: float | None, scale_var: float) -> _Test:
+    b, xb = before.total()
+    noise, scale, extra = expectation(before, after, history, scale, scale_var)
+    window, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
+    a, xa = window.total()
+    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra)
+    change, diff = rate_change(a, xa, b, xb, scale)
+    return _Test(rule, noise, scale, extra, window, trimmed, a, xa, z, change, diff)
+
+
 def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
                   history: Rates | None = None, scale: float | None = None,
                   scale_var: float = 0.0) -> Comparison:
     """Compare after-events against before-events over their exposures (module doc)."""
     b, xb = before.total()
-    given = scale
-    noise, scale, extra = expectation(before, after, history, given, scale_var)
-    phi = noise.phi
-    full = after
-    after, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
-    a, xa = after.total()
-    s = 1.0 if rule.bad == "rise" else -1.0
-    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=phi, extra=extra)
-    change, diff = rate_change(a, xa, b, xb, scale)
-    text = _text(b, xb, a, xa, scale, naming)
+    t = _test(before, after, rule, history, scale, scale_var)
+    noise, phi, extra, z, change = t.noise, t.noise.phi, t.extra, t.z, t.change
+    a, xa = t.events, t.exposure
+    text = _text(b, xb, a, xa, t.scale, naming)
     ev_before = _evidence(before, b, xb, naming)
     ev_before.update(phi=round(phi, 3), wander_sd=round(math.sqrt(noise.wander), 4),
                      drift=round(noise.drift, 4), drift_sd=round(math.sqrt(noise.drift_var), 4))
-    ev_after = _evidence(full, a, xa, naming)
-    ev_after.update(change=change if math.isfinite(change) else None, left_out=trimmed)
+    ev_after = _evidence(after, a, xa, naming)
+    ev_after.update(change=change if math.isfinite(change) else None, left_out=t.trimmed)
 
     def out(verdict: Verdict, reason: str, statistic: float = z,
             threshold: float = rule.z) -> Comparison:
         return Comparison(verdict, statistic, threshold if math.isfinite(threshold) else None,
                           change, reason, ev_before, ev_after)
 
-    can_stop = math.isfinite(rule.z) and trimmed is not None
+    can_stop = math.isfinite(rule.z) and t.trimmed is not None
     if xb <= 0 or (b + a <= 0 and rule.min_absolute <= 0):
         return out(Verdict.INCONCLUSIVE, f"too little data: {text}")
-    beyond = s * change >= rule.min_change and s * diff >= rule.min_absolute and s * diff > 0
-    if can_stop and z >= rule.z and beyond:
-        recent, _ = rate_change(*after.recent_half().total(), b, xb, scale)
-        if s * recent >= rule.min_change:
+    if can_stop and z >= rule.z and t.beyond:
+        if t.lasting(b, xb):
             return out(Verdict.FAIL, f"{text}: z={z:.2f} >= {rule.z:.2f}")
         return out(Verdict.PASS, f"{text}: transient, the recent half is back near the baseline")
     if math.isfinite(rule.z_recent):
-        late = _recent_half(before, full, rule, naming, history, given, scale_var)
-        if late is not None:
-            ev_after["recent_half"] = late[2]
-            if late[0] >= rule.z_recent:
-                return out(Verdict.FAIL, f"{text}; the recent half: {late[1]}: "
-                                         f"z={late[0]:.2f} >= {rule.z_recent:.2f}",
-                           late[0], rule.z_recent)
+        late = _test(before, after.recent_half(), rule, history, scale, scale_var)
+        # the half may fail only with a change that matters and is not over yet
+        if late.trimmed is not None and late.beyond and late.lasting(b, xb):
+            ev_after["recent_half"] = {
+                "events": late.events, "exposure": late.exposure,
+                "intervals": len(late.window.events), "z": round(late.z, 3),
+                "change": late.change if math.isfinite(late.change) else None}
+            if late.z >= rule.z_recent:
+                rate = late.events / late.exposure if late.exposure > 0 else 0.0
+                return out(Verdict.FAIL, f"{text}; the recent half: {_fmt(rate, naming.unit)} "
+                                         f"({_fmt_change(late.change)}; {late.events:.0f} "
+                                         f"events): z={late.z:.2f} >= {rule.z_recent:.2f}",
+                           late.z, rule.z_recent)
     if not can_stop:
         return out(Verdict.INCONCLUSIVE, f"{text}: too early to decide")
-    expected = scale * b / xb
+    expected = t.scale * b / xb
     if rule.bad == "rise":
         severe = max(expected * rule.severe, expected + rule.min_absolute)
     else:
@@ -243,34 +283,6 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
                                          f"out (z={z_h:.2f} < {PASS_Z:.2f})")
     detail = "no harmful change" if z < rule.z else "change below the smallest that matters"
     return out(Verdict.PASS, f"{text}: {detail} (z={z:.2f}, boundary {rule.z:.2f})")
-
-
-def _recent_half(before: Rates, after: Rates, rule: Rule, naming: Naming,
-                 history: Rates | None, scale: float | None, scale_var: float
-                 ) -> tuple[float, str, dict[str, object]] | None:
-    """(z, text, evidence) of the after window's recent half against the baseline, or
-    None when the half may not fail: too short, a change not beyond the smallest
-    that matters, or one that is over by the end of the window."""
-    half = after.recent_half()
-    b, xb = before.total()
-    noise, scale, extra = expectation(before, half, history, scale, scale_var)
-    half, trimmed = trim_worst(half, scale * b / xb if xb > 0 else 0.0, rule.bad)
-    if trimmed is None or xb <= 0:
-        return None
-    a, xa = half.total()
-    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra)
-    change, diff = rate_change(a, xa, b, xb, scale)
-    s = 1.0 if rule.bad == "rise" else -1.0
-    evidence: dict[str, object] = {"events": a, "exposure": xa, "intervals": len(half.events),
-                                   "z": round(z, 3), "change": change
-                                   if math.isfinite(change) else None}
-    if not (s * change >= rule.min_change and s * diff >= rule.min_absolute and s * diff > 0):
-        return None
-    recent, _ = rate_change(*half.recent_half().total(), b, xb, scale)
-    if s * recent < rule.min_change:
-        return None  # over by the end of the window: a transient, as for the whole window
-    rate = a / xa if xa > 0 else 0.0
-    return z, f"{_fmt(rate, naming.unit)} ({_fmt_change(change)}; {a:.0f} events)", evidence
 
 
 def _evidence(r: Rates, events: float, exposure: float, naming: Naming) -> dict[str, object]:
