@@ -62,8 +62,7 @@ async def evaluate(reader: Reader, check: CheckSpec, before: Window, after: Wind
     """Compare `after` against `before` for one check; raises CheckError."""
     if check.kind == Kind.COUNT:
         return await _count(reader, check, before, after, step, rule, seasonal_days)
-    if check.kind == Kind.RATIO or (check.kind == Kind.LATENCY
-                                    and check.latency_mode == "threshold"):
+    if check.is_rate:
         return await _share(reader, check, before, after, step, rule)
     return await _levels(reader, check, before, after, step, rule, seasonal_days)
 

@@ -58,6 +58,14 @@ class CheckSpec:
     latency_mode: str = "threshold"
     step: timedelta | None = None
 
+    @property
+    def is_rate(self) -> bool:
+        """Compared as events over an exposure (`checks.stats.compare_rates`): a count,
+        a ratio, or latency as the share slower than the baseline's p95; gauges and
+        percentiles get a rank test instead."""
+        return self.kind in (Kind.COUNT, Kind.RATIO) or (
+            self.kind == Kind.LATENCY and self.latency_mode == "threshold")
+
 
 def parse_check(t: Table) -> CheckSpec:
     """Read one `[[checks]]` table; problems are recorded in the table's error list."""

@@ -114,8 +114,7 @@ class Guard:
         (whose expected ratio is the whole after window's)."""
         if check.kind == Kind.COUNT and self._config.seasonal_days:
             return False
-        return check.kind in (Kind.COUNT, Kind.RATIO) or (check.kind == Kind.LATENCY
-                                                          and check.latency_mode == "threshold")
+        return check.is_rate
 
     async def preflight(self, now: datetime, *, push_id: int = 0) -> Look:
         """Is the service already degraded? Recent window vs the window before it."""
