@@ -288,9 +288,11 @@ async def test_sshd_killed_mid_upload_fails_the_host_and_the_line_goes_on_after(
     # sshd is back: a person resumes; once a whole baseline has passed since (no baseline
     # holds the incident) the next change reaches every host
     await d.service.resume("operator", "sshd on host1 restarted")
-    clean = await d.service.settling_until(d.service.clock())
-    assert clean is not None
-    await asyncio.sleep((clean - d.service.clock()).total_seconds() + 0.1)
+    assert await d.service.settling_until(d.service.clock()) is not None
+
+    async def settled() -> bool:
+        return await d.service.settling_until(d.service.clock()) is None
+    await d.until(settled, BASELINE + 30)
     after = await push(d, "small fix", {"blob.bin": "small now\n"})
     assert after.state == PushState.PASSED, after.reason
     assert set(live_on(fault_fleet).values()) == {after.release}
