@@ -45,8 +45,9 @@ comparison when its z reaches `z_recent`, the half's own change is beyond
 `min_change` and `min_absolute` (the whole window's may be less), and the
 half's newest half is still beyond `min_change`. A comparison passes
 only when the data rule out a `severe` change (x3 errors, say, or the
-expected rate plus `min_absolute`) with 95 % confidence, under the same
-noise model (`ruled_out`). Otherwise it is inconclusive, never a pass.
+expected rate plus `min_absolute`) with 95 % confidence (a mid-p bound),
+under the same noise model (`ruled_out`). Otherwise it is inconclusive,
+never a pass.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ def z_from_p(p: float) -> float:
     return float(-special.ndtri(min(max(p, 1e-300), 1.0 - 1e-16)))
 
 
-def binomial_z(k: int, n: int, pi0: float, bad: str) -> float:
-    """z of k successes of n at p = pi0: the exact tail, or in the far tail (where the
-    exact p-value underflows) the signed root of the likelihood-ratio statistic."""
+def binomial_z(k: int, n: int, pi0: float, bad: str, *, mid: bool = False) -> float:
+    """z of k successes of n at p = pi0: the exact tail (`mid`: the mid-p tail, which
+    counts k itself half), or in the far tail (where the exact p-value underflows) the
+    signed root of the likelihood-ratio statistic."""
     p = float(stats.binom.sf(k - 1, n, pi0) if bad == "rise" else stats.binom.cdf(k, n, pi0))
+    if mid:
+        p -= 0.5 * float(stats.binom.pmf(k, n, pi0))
     if p > 1e-10:
         return z_from_p(p)
     m = n * pi0
@@ -118,13 +122,13 @@ def binomial_z(k: int, n: int, pi0: float, bad: str) -> float:
 
 
 def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float = 1.0,
-           phi: float = 1.0, extra: float = 0.0) -> float:
+           phi: float = 1.0, extra: float = 0.0, mid: bool = False) -> float:
     """z of `a` after-events against `b` before-events; positive = the bad direction."""
     n = round(a + b)
     if n <= 0 or xa <= 0 or xb <= 0:
         return 0.0
     pi0 = scale * xa / (scale * xa + xb)
-    z0 = binomial_z(min(round(a), n), n, pi0, bad)
+    z0 = binomial_z(min(round(a), n), n, pi0, bad, mid=mid)
     v0 = 1.0 / (n * pi0 * (1.0 - pi0))
     return z0 / math.sqrt(phi + extra / v0)
 
@@ -132,17 +136,24 @@ def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float =
 def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad: str, *,
               phi: float = 1.0, extra: float = 0.0) -> float:
     """z by which `a` after-events over `xa` rule out an after rate of `severe_rate`
-    (positive: the data lie on the good side of it), with the same noise as `rate_z`."""
+    (positive: the data lie on the good side of it), with the same noise as `rate_z`.
+
+    The tail is the mid-p one: with a handful of events the exact tail's bound is
+    conservative (it rules out with well over 95 % confidence, so a quiet service
+    reads inconclusive more often than it should); the mid-p bound is about 95 %.
+    Fail decisions keep the exact tail, which holds the false-alarm budget."""
     if bad == "drop" and severe_rate <= 0.0:
         return math.inf if a > 0 else 0.0
     good = "drop" if bad == "rise" else "rise"
     if b > 0:
-        return rate_z(a, xa, b, xb, good, scale=severe_rate * xb / b, phi=phi, extra=extra)
+        return rate_z(a, xa, b, xb, good, scale=severe_rate * xb / b, phi=phi, extra=extra,
+                      mid=True)
     mean = severe_rate * xa  # no baseline events: the after events alone, Poisson
     if mean <= 0.0:
         return 0.0
     k = round(a)
     p = float(stats.poisson.cdf(k, mean) if bad == "rise" else stats.poisson.sf(k - 1, mean))
+    p -= 0.5 * float(stats.poisson.pmf(k, mean))  # mid-p
     return z_from_p(p) / math.sqrt(phi + extra * mean)
 
 

@@ -21,7 +21,7 @@ from checks.sequential import (
     obrien_fleming_spending,
     pocock_spending,
 )
-from checks.stats import Naming, Rule, binomial_z, compare_rates, rate_z
+from checks.stats import PASS_Z, Naming, Rule, binomial_z, compare_rates, rate_z, ruled_out
 from checks.verdict import RECENT_SHARE
 from daemon.models import Verdict
 
@@ -163,6 +163,25 @@ def test_a_look_that_may_not_stop_never_fails() -> None:
     result = compare_rates(before, after, rule(z=math.inf), RATIO)
     assert result.verdict == Verdict.INCONCLUSIVE
     assert "too early" in result.reason
+
+
+def test_a_pass_rules_out_a_severe_rise_with_about_95_percent_confidence() -> None:
+    # a quiet error ratio: 5 errors expected in the 30-minute baseline, 1.5 in the
+    # 9-minute after window; ruling out x3 uses the mid-p bound
+    rng = np.random.default_rng(41)
+    xb, xa, rate = 1800.0, 540.0, 5.0 / 1800.0
+
+    def passes(factor: float, pushes: int) -> float:
+        count = 0
+        for _ in range(pushes):
+            b, a = rng.poisson(5.0), rng.poisson(factor * rate * xa)
+            count += ruled_out(a, xa, b, xb, 3.0 * b / xb, "rise") >= PASS_Z
+        return count / pushes
+
+    # a true x3 rise passes about 5 % of the time (the exact tail: 2.8 %) ...
+    assert passes(3.0, 3000) <= 0.065
+    # ... and a service with no rise passes more often than with the exact tail (21 %)
+    assert passes(1.0, 3000) >= 0.27
 
 
 # -- the noise model -------------------------------------------------------------------------------
