@@ -8,16 +8,9 @@ Three parts, all measured on the metric itself before the push:
   beyond what `phi` explains, measured on the history's 5-minute blocks
   around a quadratic trend (method of moments plus one standard error, so
   a history too short or too noisy to see the wander does not declare it
-  absent). Correlated blocks are fewer independent ones, n (1 - r) / (1 + r)
-  for n blocks with lag-1 correlation r: the trend's three degrees of
-  freedom and the standard error are counted against those. Counted
-  against n, the 4-hour history of a wander with a 10-minute correlation
-  time read it no higher than it was even with the margin, and the guard
-  failed 1.1-1.4 % of harmless pushes at 20-500 requests per second
-  against a 1 % budget (the benchmark's seeds 4-9). How the wander shrinks
-  over longer windows depends on how persistent it is: the lag-1
-  correlation of the blocks' residuals (bias-corrected, plus one standard
-  error) gives a correlation time tau, and a window of length L
+  absent). How the wander shrinks over longer windows depends on how
+  persistent it is: the lag-1 correlation of the blocks' residuals (plus
+  one standard error) gives a correlation time tau, and a window of length L
   gets wander * f(L) / f(block), f(L) = 2 tau/L (1 - tau/L (1 - e^(-L/tau)))
   being the variance of an L-long mean of a process with that correlation
   time.
@@ -179,24 +172,17 @@ def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
             block: float) -> tuple[float, tuple[float, float, float], float]:
     """(wander variance MARGIN standard errors above its estimate; the correlation
     time in seconds, low, central and high (the blocks' lag-1 correlation MARGIN
-    standard errors below, at and above its estimate); the high lag-1 correlation).
-    The estimate and its standard error count the blocks' effective number."""
+    standard errors below, at and above its estimate); the high lag-1 correlation)."""
     n = len(e)
+    weight = expected ** 2
+    d = ((e - expected) ** 2 - phi * expected) / weight  # per-block extra relative variance
+    w_hat = float(np.sum(weight * d) / weight.sum()) * n / (n - 3)
+    se = float(np.sqrt(np.sum(weight ** 2 * (d - w_hat) ** 2)) / weight.sum())
+    wander = max(w_hat, 0.0) + MARGIN * se
     res = (e - expected) / expected
     res = res - res.mean()
     den = float(np.dot(res, res))
     rho = float(np.dot(res[:-1], res[1:]) / den) if den > 0 else 0.0
-    rho += (1.0 + 3.0 * rho) / n  # the lag-1 correlation's small-sample bias (Kendall)
-    corr = min(max(rho, 0.0), 0.95)
-    # the trend took 3 of the blocks' degrees of freedom, and correlated blocks hold
-    # fewer than n: n (1 - r) / (1 + r)
-    n_eff = max(n * (1.0 - corr) / (1.0 + corr), 6.0)
-    weight = expected ** 2
-    d = ((e - expected) ** 2 - phi * expected) / weight  # per-block extra relative variance
-    w_hat = float(np.sum(weight * d) / weight.sum()) * n_eff / (n_eff - 3)
-    se = float(np.sqrt(np.sum(weight ** 2 * (d - w_hat) ** 2)) / weight.sum()) \
-        * math.sqrt((1.0 + corr * corr) / (1.0 - corr * corr))
-    wander = max(w_hat, 0.0) + MARGIN * se
     rhos = [min(max(rho + k * MARGIN / math.sqrt(n), 0.0), 0.95) for k in (-1, 0, 1)]
     taus = [-block / math.log(r) if r > 0 else 0.0 for r in rhos]
     return wander, (taus[0], taus[1], taus[2]), rhos[2]
