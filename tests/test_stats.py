@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import special
 
-from checks.noise import Noise, blocks, fast_dispersion, model, prediction
+from checks.noise import Noise, _mean_variance, blocks, fast_dispersion, model, prediction
 from checks.ranks import Levels, compare_levels
 from checks.rates import Rates
 from checks.sequential import (
@@ -214,6 +214,26 @@ def test_a_ramp_in_the_baseline_alone_is_not_expected_to_go_on() -> None:
     assert noise.expected_shift()[0] == 0.0
 
 
+def test_a_bending_day_widens_the_drift_to_cover_the_lines_error() -> None:
+    # traffic that peaked at noon, a push at 13:00: a straight line through the 4 h
+    # before still rises, and the drift's variance allows for how far it is off
+    rng = np.random.default_rng(5)
+    hours = 13.0 + (np.arange(-540, 0) + 0.5) * 30.0 / 3600.0
+    rate = 100.0 * 30.0 * (1.0 + 0.7 * np.cos(2.0 * math.pi * (hours - 12.0) / 24.0))
+    counts = rng.poisson(rate).astype(float)
+    history = blocks(rates(list(counts[:480]), [30.0] * 480, -16200.0))
+    before = rates(list(counts[480:]), [30.0] * 60, -1800.0)
+    for after_centre in (330.0, 990.0):  # canary, fleet wave
+        noise = model(before, after_centre, history)
+
+        def level(t: float) -> float:
+            return 1.0 + 0.7 * math.cos(2.0 * math.pi * (13.0 + t / 3600.0 - 12.0) / 24.0)
+
+        off = noise.drift - math.log(level(after_centre) / level(before.centre()))
+        assert abs(off) > 0.015  # the line is off ...
+        assert abs(off) < 2.0 * math.sqrt(noise.drift_var)  # ... and allows for it
+
+
 def ou_counts(rng: np.random.Generator, rps: float, sd: float, tau: float, n: int,
               drop: float = 1.0, after_from: int = 0) -> np.ndarray:
     """Poisson counts per 30 s of a rate with an Ornstein-Uhlenbeck log wander."""
@@ -251,6 +271,36 @@ def test_the_baselines_last_minutes_predict_a_wandering_level() -> None:
         assert predicted is not None
         narrower += predicted[1] < noise.window(after.span()) + noise.window(before.span())
     assert narrower == 20
+
+
+@pytest.mark.parametrize("gap", [1, 12])  # minutes from the push: canary, fleet wave
+def test_the_prediction_states_its_own_error(gap: int) -> None:
+    # Only deviations from the baseline's own mean are seen, not where the baseline lies
+    # against the wander's long-run mean. A prediction that leaned on it anyway claimed
+    # 0.76 (canary) and 0.64 (fleet wave) of its error's variance; now 0.92 and 0.90.
+    rng = np.random.default_rng(21)
+    sd, tau, n_before, n_after = 0.1, 600.0, 60, 18
+    noise = Noise(phi=1.0, wander=sd * sd * _mean_variance(300.0, tau), block=300.0,
+                  drift=0.0, drift_var=0.0, persistence=tau, persistence_mid=tau,
+                  persistence_low=tau)
+    start = n_before + 2 * gap  # the after window's first interval
+    rho = math.exp(-30.0 / tau)
+    errors, stated = [], []
+    for _ in range(400):
+        w = np.empty(start + n_after)
+        w[0] = rng.normal(0.0, sd)
+        for i in range(1, len(w)):
+            w[i] = rho * w[i - 1] + rng.normal(0.0, sd * math.sqrt(1.0 - rho * rho))
+        counts = rng.poisson(3000.0 * np.exp(w[:n_before])).astype(float)
+        before = rates(list(counts), [30.0] * n_before, -1800.0)
+        after = rates([0.0] * n_after, [30.0] * n_after, 60.0 * gap)
+        predicted = prediction(noise, before, after, 0.0)
+        assert predicted is not None
+        truth = math.log(np.mean(np.exp(w[start:])) / np.mean(np.exp(w[:n_before])))
+        errors.append(truth - predicted[0])
+        stated.append(predicted[1])
+    ratio = float(np.var(errors) / np.mean(stated))
+    assert 0.8 < ratio < 1.2, f"the error's variance is {ratio:.2f} x the stated one"
 
 
 def test_a_wandering_count_keeps_its_budget_and_a_10_percent_drop_fails() -> None:
@@ -291,7 +341,7 @@ def test_a_late_onset_fails_on_the_recent_half_at_the_final_look() -> None:
                                              z=3.2, severe=3.0, z_recent=3.0), RATIO)
     assert gone.verdict != Verdict.FAIL, gone.reason
     # nor one that rose in the recent half and is over by the end of the window
-    over = rates([20.0] * 9 + [40.0] * 5 + [20.0] * 4, [2000.0] * 18, 60)
+    over = rates([20.0] * 9 + [40.0] * 4 + [20.0] * 5, [2000.0] * 18, 60)
     back = compare_rates(before, over, Rule(bad="rise", min_change=0.2, min_absolute=0.0,
                                             z=3.2, severe=3.0, z_recent=3.0), RATIO)
     assert back.verdict != Verdict.FAIL, back.reason
