@@ -236,9 +236,9 @@ def prediction(noise: Noise, before: Rates, after: Rates,
     the intervals' deviations from the baseline's mean are known, not the
     baseline's level against the wander's long-run mean, so the weights sum to
     zero (ordinary kriging); weights that did not would claim too small an
-    error (by a quarter to a third of it). The predictor's error variance is taken as the largest under the low, central
-    and high estimates of tau: a persistence overestimated would otherwise
-    trust the last minutes too much."""
+    error (by a quarter to a third of it). The predictor's error variance is
+    taken as the largest under the low, central and high estimates of tau: a
+    persistence overestimated would otherwise trust the last minutes too much."""
     if noise.persistence <= 0.0 or noise.wander <= 0.0:
         return None
     # a persistence too short to measure: no shorter than one interval
