@@ -1,0 +1,86 @@
+"""Harmless pushes in bulk: `python -m bench.falsealarms [--pushes N] [--levels 20 100 500]`.
+
+`bench.guard` judges 60 harmless pushes per kind and level with each seed: a
+cell that small cannot show whether the guard stays within its 1 % budget
+(at a true 1 %, 2 of 60 or more happen one time in eight). This judges N
+harmless synthetic pushes per kind and level through the guard alone
+(seeds from `--seed-base` up, apart from the benchmark's), and prints per
+cell the share that failed with its 95 % Wilson interval and how many of
+the failures fell in the fleet bake.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import asyncio
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from bench.synthetic import scenario
+from checks.scenario import load, replay
+
+KINDS = ("count", "ratio", "latency")
+Cell = tuple[str, float]
+
+
+def judge(job: tuple[str, float, list[int]]) -> list[tuple[str, int | None]]:
+    """(verdict, wave) of each harmless push of one kind and level (a worker's share)."""
+    kind, level, seeds = job
+    out = []
+    for seed in seeds:
+        g = asyncio.run(replay(load(scenario(kind, level, "harmless", "none", "none", seed))))
+        out.append((g.verdict.value, g.wave))
+    return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a share k/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def row(kind: str, level: float, results: list[tuple[str, int | None]]) -> str:
+    n = len(results)
+    failed = [wave for verdict, wave in results if verdict == "fail"]
+    low, high = wilson(len(failed), n)
+    fleet = sum(1 for wave in failed if wave == 2)
+    return (f"| {kind} | {level:g} | {n} | {len(failed)} | {100 * len(failed) / n:.2f} % "
+            f"| {100 * low:.2f}–{100 * high:.2f} % | {fleet} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pushes", type=int, default=1500, help="per kind and level")
+    parser.add_argument("--levels", type=float, nargs="+", default=[20.0, 100.0, 500.0])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--seed-base", type=int, default=700_000)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    started = time.monotonic()
+    seeds = list(range(args.seed_base, args.seed_base + args.pushes))
+    cells: list[Cell] = [(kind, level) for kind in args.kinds for level in args.levels]
+    jobs = [(kind, level, seeds[i::args.jobs]) for kind, level in cells
+            for i in range(args.jobs)]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        parts = list(pool.map(judge, jobs))
+    print(f"# Harmless pushes through the guard: {args.pushes} per kind and level, "
+          f"seeds {args.seed_base}+, {time.monotonic() - started:.0f}s")
+    print("| kind | rps | pushes | failed | share | 95 % interval | in the fleet bake |")
+    print("|---|---|---|---|---|---|---|")
+    for c, (kind, level) in enumerate(cells):
+        results = [r for part in parts[c * args.jobs:(c + 1) * args.jobs] for r in part]
+        print(row(kind, level, results))
+
+
+if __name__ == "__main__":
+    main()
