@@ -160,43 +160,38 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     # the drift: a straight line refitted with the fast and slow variances
     var_rate = (phi * expected + wander * expected ** 2) / x ** 2
     weights = 1.0 / np.maximum(var_rate, 1e-300)
-    line = design[:, :2]
-    inverse = np.linalg.pinv(line.T @ (line * weights[:, None]))
-    coef = inverse @ (line.T @ (weights * e / x))
-    cov = inverse * (1.0 + rho) / (1.0 - rho)
-    ends = _design(np.array([(before.centre() - mid) / span,
-                             (after_centre - mid) / span]))[:, :2]
-    level = ends @ coef
+    rate = e / x
+    ends = _design(np.array([(before.centre() - mid) / span, (after_centre - mid) / span]))
+    level, cov = _trend(design[:, :2], ends[:, :2], weights, rate, rho)
     if level[0] <= floor:
         return noise(0.0, 0.0)
     if level[1] <= floor:  # the trend runs out to nothing: no trust in it
         return noise(0.0, math.log(level[0] / floor) ** 2)
-    grad = ends[1] / level[1] - ends[0] / level[0]
-    drift, drift_var = float(math.log(level[1] / level[0])), float(grad @ cov @ grad)
-    bent = _quadratic_drift(design, weights, e / x, rho, floor,
-                            np.array([before.centre(), after_centre]), mid, span)
-    if bent is not None:
+    drift, drift_var = _log_drift(level, cov, ends[:, :2])
+    level, cov = _trend(design, ends, weights, rate, rho)
+    if min(level) > floor:
         # how far the line may be off where the day's trend bends: the quadratic's
         # difference from it beyond the difference's own noise (nested fits: the
         # variance of the difference is the difference of the variances)
-        delta, delta_var = bent[0] - drift, max(bent[1] - drift_var, 0.0)
+        bent, bent_var = _log_drift(level, cov, ends)
+        delta, delta_var = bent - drift, max(bent_var - drift_var, 0.0)
         drift_var += max(delta * delta - delta_var, 0.0)
     return noise(drift, drift_var)
 
 
-def _quadratic_drift(design: np.ndarray, weights: np.ndarray, rate: np.ndarray, rho: float,
-                     floor: float, at: np.ndarray, mid: float,
-                     span: float) -> tuple[float, float] | None:
-    """(drift, its variance) of a quadratic through the history, from at[0] to at[1]."""
+def _trend(design: np.ndarray, ends: np.ndarray, weights: np.ndarray, rate: np.ndarray,
+           rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """A weighted least-squares fit of `rate`: (its levels at `ends`, the coefficients'
+    covariance widened for the blocks' autocorrelation)."""
     inverse = np.linalg.pinv(design.T @ (design * weights[:, None]))
     coef = inverse @ (design.T @ (weights * rate))
-    ends = _design((at - mid) / span)
-    level = ends @ coef
-    if level[0] <= floor or level[1] <= floor:
-        return None
+    return ends @ coef, inverse * (1.0 + rho) / (1.0 - rho)
+
+
+def _log_drift(level: np.ndarray, cov: np.ndarray, ends: np.ndarray) -> tuple[float, float]:
+    """(log level ratio from ends[0] to ends[1], its variance by the delta method)."""
     grad = ends[1] / level[1] - ends[0] / level[0]
-    return float(math.log(level[1] / level[0])), \
-        float(grad @ (inverse * (1.0 + rho) / (1.0 - rho)) @ grad)
+    return float(math.log(level[1] / level[0])), float(grad @ cov @ grad)
 
 
 def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
