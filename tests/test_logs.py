@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,14 @@ async def test_transitions_are_logged_with_their_fields(
     else:
         assert lines[0] == (f"INFO pushguard.transitions: change {change.id}: pending -> "
                             "approved by bob: approved by bob")
+
+
+def test_importing_the_daemon_writes_nothing_to_stderr() -> None:
+    # the daemon's stderr is its log (journald, or one JSON record a line): a library's
+    # import-time warning there is noise to an operator and breaks JSON parsing. asyncssh
+    # 2.24 names DSA classes at import, which cryptography 51 deprecates.
+    done = subprocess.run([sys.executable, "-c", "import daemon.service, daemon.cli"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
