@@ -6,14 +6,23 @@ Three parts, all measured on the metric itself before the push:
   differences (so that slow wander is not counted twice), at least 1.
 - `wander`: slow wander of the level. The variance a block's log rate has
   beyond what `phi` explains, measured on the history's 5-minute blocks
-  around a quadratic trend (method of moments plus `MARGIN` standard
-  errors, so a history too short or too noisy to see the wander does not
-  declare it absent). How the wander shrinks over longer windows depends on
-  how persistent it is: the lag-1 correlation of the blocks' residuals (plus
-  `MARGIN` standard errors) gives a correlation time tau, and a window of length L
-  gets wander * f(L) / f(block), f(L) = 2 tau/L (1 - tau/L (1 - e^(-L/tau)))
-  being the variance of an L-long mean of a process with that correlation
-  time.
+  around a quadratic trend, by the method of moments with what the trend fit
+  absorbs of a persistent wander counted back (`_Fit.estimate`). How the
+  wander shrinks over longer windows depends on how persistent it is: the
+  lag-1 correlation of the blocks' residuals gives a correlation time tau,
+  and a window of length L gets wander * f(L) / f(block), f(L) = 2 tau/L
+  (1 - tau/L (1 - e^(-L/tau))) being the variance of an L-long mean of a
+  process with that correlation time.
+- `spread`: how far the wander and tau may be off. Four hours hold only a
+  dozen or two independent stretches of a wander that persists for ten
+  minutes, so the wander is known to within a third or so. The estimator is
+  re-run on series simulated from the fitted model (a parametric bootstrap);
+  the variances of its estimates give the degrees of freedom of every
+  variance built on them, and the comparisons read their z from Student's t
+  (`checks.stats.student`). Adding a fixed margin instead (as before) kept
+  the budget on average but not where a test leans on the wander alone: at
+  100-500 requests per second 1.4-1.5 % of harmless pushes failed against a
+  1 % budget, most of them in the fleet bake (README, Guard).
 - `drift`: the trend of the day (traffic rises in the morning). A straight
   line through the history, fitted with the variances above, extrapolated
   from the baseline's centre to the after window's, as a log rate ratio: the
@@ -35,6 +44,7 @@ about five minutes, stands in for it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -43,10 +53,26 @@ import numpy as np
 from checks.rates import Rates
 
 BLOCK_SECONDS = 300.0
-# standard errors added to the wander and its persistence. 1.0 until the prediction's
-# error was stated in full (ordinary kriging); since then 0.4 catches as many moderate
-# regressions with fewer false alarms (bench.guard, seeds 4-9; README, Guard)
-MARGIN = 0.4
+BOOTSTRAP = 64  # replicates of the wander's estimate, for how far it may be off
+ELASTICITY_STEP = 0.25  # log-tau step of the finite differences for the elasticity
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How far the wander's estimates may be off: the variances of the wander's
+    relative error and of log tau, and their covariance, from a parametric
+    bootstrap (`_spread`). Zero: known exactly."""
+
+    wander: float = 0.0
+    log_tau: float = 0.0
+    cov: float = 0.0
+
+    def df(self, elasticity: float) -> float:
+        """Degrees of freedom of a variance proportional to wander * tau^elasticity
+        (a chi-square's: 2 over the variance of its log)."""
+        e = elasticity
+        v = self.wander + e * e * self.log_tau + 2.0 * e * self.cov
+        return 2.0 / v if v > 1e-9 else math.inf
 
 
 @dataclass(frozen=True)
@@ -59,19 +85,27 @@ class Noise:
     drift: float
     drift_var: float
 
-    persistence: float = 0.0  # correlation time of the wander, seconds (high estimate)
-    persistence_mid: float = 0.0  # its central estimate
-    persistence_low: float = 0.0  # its low estimate
+    persistence: float = 0.0  # correlation time of the wander, seconds
     trend_known: bool = True  # the drift comes from hours of history, not the baseline
+    spread: Spread = Spread()  # how far `wander` and `persistence` may be off
 
-    @property
-    def persistence_range(self) -> tuple[float, float, float]:
-        return self.persistence_low, self.persistence_mid, self.persistence
+    def window(self, span: float, tau: float | None = None) -> float:
+        """The wander variance of the mean log rate over a window of `span` seconds
+        (with correlation time `tau`, by default the estimated one)."""
+        tau = self.persistence if tau is None else tau
+        return self.wander * _mean_variance(max(span, 1.0), tau) \
+            / _mean_variance(self.block, tau)
 
-    def window(self, span: float) -> float:
-        """The wander variance of the mean log rate over a window of `span` seconds."""
-        return self.wander * _mean_variance(max(span, 1.0), self.persistence) \
-            / _mean_variance(self.block, self.persistence)
+    def windows(self, spans: tuple[float, ...]) -> tuple[float, float]:
+        """(the wander variance of the difference of independent windows' means, the
+        degrees of freedom of that variance)."""
+        var = sum(self.window(span) for span in spans)
+        if var <= 0.0 or self.persistence <= 0.0:
+            return var, math.inf
+        h = ELASTICITY_STEP
+        hi, lo = (sum(self.window(span, self.persistence * math.exp(k)) for span in spans)
+                  for k in (h, -h))
+        return var, self.spread.df(math.log(hi / lo) / (2.0 * h))
 
     def expected_shift(self) -> tuple[float, float]:
         """(expected log rate ratio after/before, its variance) from the drift.
@@ -142,20 +176,16 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     phi = fast_dispersion(before)
     known = history is not None and len(_arrays(history)[0]) >= 6
     hist = history if history is not None and known else blocks(before)
-    e, x, t = _arrays(hist)
-    if len(e) < 6 or e.sum() <= 0:
+    events = _arrays(hist)[0]
+    if len(events) < 6 or events.sum() <= 0:
         return Noise(phi, 0.0, hist.seconds, 0.0, 0.0)
-    mid, span = float(t.mean()), max(float(np.ptp(t)), 1.0)
-    design = _design((t - mid) / span)
-    floor = e.sum() / x.sum() * 1e-3
-    # pass 1: Poisson weights; pass 2: weights with the fast and slow variance
-    coef = np.linalg.lstsq(design * np.sqrt(x)[:, None], e / np.sqrt(x), rcond=None)[0]
-    expected = np.maximum(design @ coef, floor) * x
-    wander, taus, rho = _wander(e, expected, phi, hist.seconds)
+    h = _measured(hist, phi)
+    e, x, design, expected, floor = h.events, h.exposure, h.design, h.expected, h.floor
+    mid, span, wander, rho = h.mid, h.span, h.wander, h.rho
+    tau = _tau(rho, hist.seconds)
 
     def noise(drift: float, drift_var: float) -> Noise:
-        return Noise(phi, wander, hist.seconds, drift, drift_var, taus[2], taus[1], taus[0],
-                     known)
+        return Noise(phi, wander, hist.seconds, drift, drift_var, tau, known, h.spread)
 
     # the drift: a straight line refitted with the fast and slow variances
     var_rate = (phi * expected + wander * expected ** 2) / x ** 2
@@ -179,6 +209,42 @@ def model(before: Rates, after_centre: float, history: Rates | None) -> Noise:
     return noise(drift, drift_var)
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """A history's blocks (with events), the trend through them (a quadratic in time
+    centred at `mid` and scaled by `span`, fitted with Poisson weights: `expected`
+    events per block, no lower than `floor` times the exposure) and the wander
+    measured around it, with its lag-1 correlation between blocks and their spread."""
+
+    events: np.ndarray
+    exposure: np.ndarray
+    mid: float
+    span: float
+    design: np.ndarray
+    floor: float
+    expected: np.ndarray
+    wander: float
+    rho: float
+    spread: Spread
+
+
+@functools.lru_cache(maxsize=64)
+def _measured(hist: Rates, phi: float) -> _Measured:
+    """The history measured (at least six blocks with events). Cached: every look of a
+    push measures the same history."""
+    e, x, t = _arrays(hist)
+    mid, span = float(t.mean()), max(float(np.ptp(t)), 1.0)
+    design = _design((t - mid) / span)
+    floor = e.sum() / x.sum() * 1e-3
+    coef = np.linalg.lstsq(design * np.sqrt(x)[:, None], e / np.sqrt(x), rcond=None)[0]
+    expected = np.maximum(design @ coef, floor) * x
+    fit = _Fit.of(design, phi / expected, expected)
+    wanders, rhos = fit.estimate((e - expected) / expected)
+    wander, rho = float(wanders[0]), float(rhos[0])
+    return _Measured(e, x, mid, span, design, floor, expected, wander, rho,
+                     _spread(fit, wander, rho, hist.seconds))
+
+
 def _trend(design: np.ndarray, ends: np.ndarray, weights: np.ndarray, rate: np.ndarray,
            rho: float) -> tuple[np.ndarray, np.ndarray]:
     """A weighted least-squares fit of `rate`: (its levels at `ends`, the coefficients'
@@ -194,31 +260,96 @@ def _log_drift(level: np.ndarray, cov: np.ndarray, ends: np.ndarray) -> tuple[fl
     return float(math.log(level[1] / level[0])), float(grad @ cov @ grad)
 
 
-def _wander(e: np.ndarray, expected: np.ndarray, phi: float,
-            block: float) -> tuple[float, tuple[float, float, float], float]:
-    """(wander variance MARGIN standard errors above its estimate; the correlation
-    time in seconds, low, central and high (the blocks' lag-1 correlation MARGIN
-    standard errors below, at and above its estimate); the high lag-1 correlation)."""
-    n = len(e)
-    weight = expected ** 2
-    d = ((e - expected) ** 2 - phi * expected) / weight  # per-block extra relative variance
-    w_hat = float(np.sum(weight * d) / weight.sum()) * n / (n - 3)
-    se = float(np.sqrt(np.sum(weight ** 2 * (d - w_hat) ** 2)) / weight.sum())
-    wander = max(w_hat, 0.0) + MARGIN * se
-    res = (e - expected) / expected
-    res = res - res.mean()
-    den = float(np.dot(res, res))
-    rho = float(np.dot(res[:-1], res[1:]) / den) if den > 0 else 0.0
-    rhos = [min(max(rho + k * MARGIN / math.sqrt(n), 0.0), 0.95) for k in (-1, 0, 1)]
-    taus = [-block / math.log(r) if r > 0 else 0.0 for r in rhos]
-    return wander, (taus[0], taus[1], taus[2]), rhos[2]
+@dataclass(frozen=True)
+class _Fit:
+    """What the wander's estimator needs besides the blocks' residuals: the trend's
+    design X and its pseudo-inverse (the fit leaves L = I - X X^+); the lags
+    |i - j|; the blocks' own sampling variance P (phi / expected) and what the fit
+    leaves of it, diag(L P L'); the weights."""
+
+    design: np.ndarray
+    inverse: np.ndarray
+    lag: np.ndarray
+    sampling: np.ndarray
+    sampled: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def of(cls, design: np.ndarray, sampling: np.ndarray, expected: np.ndarray) -> _Fit:
+        n = len(sampling)
+        inverse = np.linalg.pinv(design)
+        leave = np.eye(n) - design @ inverse
+        lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+        return cls(design, inverse, lag, sampling, np.einsum("ij,j,ij->i", leave, sampling, leave),
+                   expected ** 2 / float(np.sum(expected ** 2)))
+
+    def residuals(self, y: np.ndarray) -> np.ndarray:
+        """What the trend fit leaves of series y (one per row)."""
+        left: np.ndarray = y - (y @ self.inverse.T) @ self.design.T
+        return left
+
+    def estimate(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the wander variance, the wander's lag-1 correlation) of each row of relative
+        residuals z, by the method of moments: E[z_i^2] = wander * (L R L')_ii +
+        (L P L')_ii, R the wander's correlations (rho^|i-j|).
+
+        A trend fitted through a wander that persists absorbs much of it (a
+        quadratic through 48 blocks of a wander with rho 0.6 leaves 78 %, not the
+        (n - 3) / n = 94 % that independent blocks would), so counting only the
+        fit's three parameters understated the wander by a sixth on average and
+        let harmless pushes fail (README, Guard). The lag-1 correlation of the
+        residuals is biased low by about (1 + 3 rho) / n (Kendall) and is
+        corrected by that much."""
+        z = np.atleast_2d(z)
+        n = z.shape[1]
+        den = np.einsum("bi,bi->b", z, z)
+        r = np.where(den > 0, np.einsum("bi,bi->b", z[:, :-1], z[:, 1:]) / np.where(
+            den > 0, den, 1.0), 0.0)
+        rho = np.clip(r + (1.0 + 3.0 * r) / n, 0.0, 0.95)
+        # diag(L R L') = diag(R) - 2 diag(X X^+ R) + diag(X X^+ R X^+' X'), X of rank 3
+        corr = rho[:, None, None] ** self.lag[None, :, :]
+        xr = self.inverse @ corr  # X^+ R, per row
+        inner = xr @ self.inverse.T  # X^+ R X^+'
+        kept = 1.0 - 2.0 * np.einsum("ik,bki->bi", self.design, xr) \
+            + np.einsum("ik,bkl,il->bi", self.design, inner, self.design)
+        wander = ((z * z - self.sampled) @ self.weight) / (kept @ self.weight)
+        return np.maximum(wander, 0.0), rho
+
+
+def _tau(rho: float, block: float) -> float:
+    """The correlation time (seconds) of a lag-1 correlation `rho` between blocks."""
+    return -block / math.log(rho) if rho > 0.0 else 0.0
+
+
+def _spread(fit: _Fit, wander: float, rho: float, block: float) -> Spread:
+    """How far the estimates may be off: the estimator re-run on `BOOTSTRAP` series
+    simulated from the fitted model (Gaussian, the wander's and the sampling's
+    covariance, seen through the trend fit), with a fixed seed so that the same
+    data always give the same verdict."""
+    if wander <= 0.0 or rho <= 0.0:
+        return Spread()
+    n = len(fit.weight)
+    cov = wander * rho ** fit.lag + np.diag(fit.sampling)
+    try:
+        root = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return Spread()
+    rng = np.random.default_rng(0)
+    drawn, rhos = fit.estimate(fit.residuals(rng.standard_normal((BOOTSTRAP, n)) @ root.T))
+    rel = drawn / wander - 1.0
+    shortest = block / 20.0
+    log_tau = np.log(np.maximum(-block / np.log(np.clip(rhos, 0.05, 0.95)), shortest)
+                     / max(_tau(rho, block), shortest))
+    c = np.cov(np.vstack([rel, log_tau]))
+    return Spread(float(c[0, 0]), float(c[1, 1]), float(c[0, 1]))
 
 
 def prediction(noise: Noise, before: Rates, after: Rates,
-               shift: float) -> tuple[float, float] | None:
-    """(the after window's predicted log level against the baseline's, beyond `shift`,
-    and the variance of what the prediction leaves unexplained), or None without a
-    persistent wander.
+               shift: float) -> tuple[float, float, float, float] | None:
+    """(the after window's predicted log level against the baseline's, beyond `shift`;
+    the variance of what the prediction leaves unexplained; its part due to the
+    wander; the degrees of freedom of that part), or None without a persistent
+    wander.
 
     A wander with correlation time tau carries the level of the baseline's last
     minutes into the after window: comparing with the whole baseline's mean
@@ -231,13 +362,15 @@ def prediction(noise: Noise, before: Rates, after: Rates,
     the intervals' deviations from the baseline's mean are known, not the
     baseline's level against the wander's long-run mean, so the weights sum to
     zero (ordinary kriging); weights that did not would claim too small an
-    error (by a quarter to a third of it). The predictor's error variance is
-    taken as the largest under the low, central and high estimates of tau: a
-    persistence overestimated would otherwise trust the last minutes too much."""
+    error (by a quarter to a third of it). How much the wander's part of the
+    error depends on tau (its elasticity, from the predictor's error under a
+    shorter and a longer tau) sets, with the estimates' spread, the degrees of
+    freedom of that part (`Spread.df`)."""
     if noise.persistence <= 0.0 or noise.wander <= 0.0:
         return None
     # a persistence too short to measure: no shorter than one interval
-    taus = [max(tau, before.seconds) for tau in noise.persistence_range]
+    h = ELASTICITY_STEP
+    taus = [max(noise.persistence * math.exp(k), before.seconds) for k in (-h, 0.0, h)]
     e, x, t = _arrays(before)
     if len(e) < 2 or e.sum() <= 0 or not after.times:
         return None
@@ -275,6 +408,9 @@ def prediction(noise: Noise, before: Rates, after: Rates,
         lam = np.linalg.solve(system, np.append(c, 0.0))[:m]
     except np.linalg.LinAlgError:
         return None
-    worst = max(var_d - 2.0 * float(lam @ c) + float(lam @ (k_bb + v) @ lam)
-                for k_bb, c, var_d in each)
-    return float(lam @ y), max(worst, 0.0)
+    sampled = float(lam @ v @ lam)
+    low, mid, high = (max(var_d - 2.0 * float(lam @ c) + float(lam @ k_bb @ lam), 1e-12)
+                      for k_bb, c, var_d in each)
+    df = noise.spread.df(math.log(high / low) / math.log(taus[2] / taus[0])) \
+        if taus[2] > taus[0] else noise.spread.df(0.0)
+    return float(lam @ y), mid + sampled, mid, df

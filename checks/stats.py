@@ -28,6 +28,15 @@ before the push (`checks.noise`):
 With a seasonal reference (counts), s is the reference's after/before ratio
 instead, and `extra` the wander of both windows plus the reference's noise.
 
+The wander and its persistence are estimates from a few hours, known to
+within a third or so (`Noise.spread`). The variance they build is therefore
+itself uncertain, by Satterthwaite's degrees of freedom: z is read as
+Student's t and turned back into the normal z with the same tail
+(`student`) before it meets a boundary or rules out a severe change. Where
+Poisson noise dominates this changes little; where the wander dominates (high
+traffic, an after window far from the baseline) it holds the budget that a
+plain normal z missed.
+
 Transients: the after window's single worst interval (in the bad
 direction) is left out of the test, so one bad interval (a restart blip
 that outlasts the warm-up, a scrape hiccup) never fails a push; a look may
@@ -122,7 +131,8 @@ def binomial_z(k: int, n: int, pi0: float, bad: str, *, mid: bool = False) -> fl
 
 
 def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float = 1.0,
-           phi: float = 1.0, extra: float = 0.0, mid: bool = False) -> float:
+           phi: float = 1.0, extra: float = 0.0, mid: bool = False, wander: float = 0.0,
+           df: float = math.inf) -> float:
     """z of `a` after-events against `b` before-events; positive = the bad direction."""
     n = round(a + b)
     if n <= 0 or xa <= 0 or xb <= 0:
@@ -130,11 +140,26 @@ def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float =
     pi0 = scale * xa / (scale * xa + xb)
     z0 = binomial_z(min(round(a), n), n, pi0, bad, mid=mid)
     v0 = 1.0 / (n * pi0 * (1.0 - pi0))
-    return z0 / math.sqrt(phi + extra / v0)
+    total = phi * v0 + extra
+    z = z0 / math.sqrt(total / v0)
+    return student(z, total, wander, df)
+
+
+def student(z: float, total: float, wander: float, df: float) -> float:
+    """The normal z with the tail that z has as Student's t, when the variance `total`
+    behind z holds a part `wander` estimated on `df` degrees of freedom (the rest
+    taken as known): Satterthwaite's degrees of freedom total^2 / (wander^2 / df)."""
+    if not math.isfinite(df) or wander <= 0.0 or not math.isfinite(z):
+        return z
+    nu = total * total / (wander * wander / df)
+    if nu > 1e4:
+        return z
+    return z_from_p(float(stats.t.sf(z, nu)))
 
 
 def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad: str, *,
-              phi: float = 1.0, extra: float = 0.0) -> float:
+              phi: float = 1.0, extra: float = 0.0, wander: float = 0.0,
+              df: float = math.inf) -> float:
     """z by which `a` after-events over `xa` rule out an after rate of `severe_rate`
     (positive: the data lie on the good side of it), with the same noise as `rate_z`.
 
@@ -147,14 +172,14 @@ def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad:
     good = "drop" if bad == "rise" else "rise"
     if b > 0:
         return rate_z(a, xa, b, xb, good, scale=severe_rate * xb / b, phi=phi, extra=extra,
-                      mid=True)
+                      mid=True, wander=wander, df=df)
     mean = severe_rate * xa  # no baseline events: the after events alone, Poisson
     if mean <= 0.0:
         return 0.0
     k = round(a)
     p = float(stats.poisson.cdf(k, mean) if bad == "rise" else stats.poisson.sf(k - 1, mean))
     p -= 0.5 * float(stats.poisson.pmf(k, mean))  # mid-p
-    return z_from_p(p) / math.sqrt(phi + extra * mean)
+    return student(z_from_p(p) / math.sqrt(phi + extra * mean), phi / mean + extra, wander, df)
 
 
 def trim_worst(after: Rates, expected_rate: float, bad: str) -> tuple[Rates, int | None]:
@@ -181,20 +206,22 @@ def rate_change(a: float, xa: float, b: float, xb: float, scale: float) -> tuple
 
 
 def expectation(before: Rates, after: Rates, history: Rates | None, scale: float | None,
-                scale_var: float) -> tuple[Noise, float, float]:
+                scale_var: float) -> tuple[Noise, float, float, float, float]:
     """(the noise model, the expected after/before rate ratio, the extra log-scale
-    variance) for comparing `after` with `before` (module doc)."""
+    variance, its part due to the wander, that part's degrees of freedom) for
+    comparing `after` with `before` (module doc)."""
     noise = model(before, after.centre(), history)
-    extra = noise.window(after.span()) + noise.window(before.span()) + scale_var
+    wander, df = noise.windows((after.span(), before.span()))
+    extra = wander + scale_var
     if scale is None:
         shift, extra_drift = noise.expected_shift()
         predicted = prediction(noise, before, after, shift)
         if predicted is not None:
             shift += predicted[0]
-            extra = predicted[1]
+            extra, wander, df = predicted[1], predicted[2], predicted[3]
         scale = math.exp(shift)
         extra += extra_drift
-    return noise, scale, extra
+    return noise, scale, extra, wander, df
 
 
 @dataclass(frozen=True)
@@ -206,6 +233,8 @@ class _Test:
     noise: Noise
     scale: float
     extra: float
+    wander: float
+    df: float
     window: Rates
     trimmed: int | None
     events: float
@@ -231,12 +260,14 @@ class _Test:
 def _test(before: Rates, after: Rates, rule: Rule, history: Rates | None,
           scale: float | None, scale_var: float) -> _Test:
     b, xb = before.total()
-    noise, scale, extra = expectation(before, after, history, scale, scale_var)
+    noise, scale, extra, wander, df = expectation(before, after, history, scale, scale_var)
     window, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
     a, xa = window.total()
-    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra)
+    z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra,
+               wander=wander, df=df)
     change, diff = rate_change(a, xa, b, xb, scale)
-    return _Test(rule, noise, scale, extra, window, trimmed, a, xa, z, change, diff)
+    return _Test(rule, noise, scale, extra, wander, df, window, trimmed, a, xa, z, change,
+                 diff)
 
 
 def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
@@ -250,6 +281,8 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
     text = _text(b, xb, a, xa, t.scale, naming)
     ev_before = _evidence(before, b, xb, naming)
     ev_before.update(phi=round(phi, 3), wander_sd=round(math.sqrt(noise.wander), 4),
+                     persistence_s=round(noise.persistence, 1),
+                     wander_df=round(t.df, 1) if math.isfinite(t.df) else None,
                      drift=round(noise.drift, 4), drift_sd=round(math.sqrt(noise.drift_var), 4))
     ev_after = _evidence(after, a, xa, naming)
     ev_after.update(change=change if math.isfinite(change) else None, left_out=t.trimmed)
@@ -287,7 +320,8 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
         severe = max(expected * rule.severe, expected + rule.min_absolute)
     else:
         severe = max(min(expected / rule.severe, expected - rule.min_absolute), 0.0)
-    z_h = ruled_out(a, xa, b, xb, severe, rule.bad, phi=phi, extra=extra)
+    z_h = ruled_out(a, xa, b, xb, severe, rule.bad, phi=phi, extra=extra, wander=t.wander,
+                    df=t.df)
     if z_h < PASS_Z:
         word = f"x{rule.severe:g} rise" if rule.bad == "rise" else f"/{rule.severe:g} drop"
         return out(Verdict.INCONCLUSIVE, f"too little data: {text}; a {word} cannot be ruled "
