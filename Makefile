@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := influxdb openssh-server pssh
 PYTEST_ARGS ?=
 
 .PHONY: test lint typecheck pytest deps system-deps venv check-config \
-        bench bench-fanout bench-guard bench-api clean demo demo-check
+        bench bench-fanout bench-guard bench-falsealarms bench-api clean demo demo-check
 
 test: deps lint typecheck pytest
 
@@ -45,13 +45,16 @@ typecheck: venv
 pytest: deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: bench-fanout bench-guard bench-api
+bench: bench-fanout bench-guard bench-falsealarms bench-api
 
 bench-fanout: deps
 	$(BIN)/python -m bench.fanout
 
 bench-guard: venv
 	$(BIN)/python -m bench.guard
+
+bench-falsealarms: venv
+	$(BIN)/python -m bench.falsealarms
 
 bench-api: venv
 	$(BIN)/python -m bench.api

@@ -284,7 +284,8 @@ def goal_lines(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     levels = [pick(harmless, level=lv) for lv in GENERATOR["levels_rps"]]
     worst_rows = max(levels, key=lambda sub: share(sub, "guard", fails))
     out = [
-        ("<= 1% of harmless pushes fail, at every traffic level",
+        ("<= 1% of harmless pushes fail, at every traffic level (cells of ~190 cannot "
+         "show it: bench.falsealarms)",
          f"worst level {rate(worst_rows, 'guard', fails).strip()}", worst <= 0.01),
         (">= 95% of severe regressions fail at >= 5 rps (canary bake)",
          f"{100 * share(severe, 'guard', fails_bake1):.1f}%",

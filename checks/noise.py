@@ -59,20 +59,42 @@ ELASTICITY_STEP = 0.25  # log-tau step of the finite differences for the elastic
 
 @dataclass(frozen=True)
 class Spread:
-    """How far the wander's estimates may be off: the variances of the wander's
-    relative error and of log tau, and their covariance, from a parametric
-    bootstrap (`_spread`). Zero: known exactly."""
+    """How far the wander's estimates may be off: per replicate of a parametric
+    bootstrap (`_spread`), the replicate's wander over the estimate and the log of
+    its tau over the estimate's. Empty: known exactly."""
 
-    wander: float = 0.0
-    log_tau: float = 0.0
-    cov: float = 0.0
+    wander: tuple[float, ...] = ()
+    log_tau: tuple[float, ...] = ()
 
-    def df(self, elasticity: float) -> float:
-        """Degrees of freedom of a variance proportional to wander * tau^elasticity
-        (a chi-square's: 2 over the variance of its log)."""
-        e = elasticity
-        v = self.wander + e * e * self.log_tau + 2.0 * e * self.cov
+    def df(self, share: float, elasticity: float) -> float:
+        """Degrees of freedom of a variance whose part `share` is proportional to
+        wander * tau^elasticity, the rest known: 2 over the variance of its log
+        across the replicates, as for a chi-square. (On the log of the whole
+        variance, not of the wander's part: an estimate near zero is very uncertain
+        relative to itself, but the variance it adds to is not.)"""
+        if not self.wander or share <= 0.0:
+            return math.inf
+        w, t = np.asarray(self.wander), np.asarray(self.log_tau)
+        ratio = 1.0 - share + share * w * np.exp(elasticity * t)
+        v = float(np.var(np.log(np.maximum(ratio, 1e-9))))
         return 2.0 / v if v > 1e-9 else math.inf
+
+
+@dataclass(frozen=True)
+class Uncertain:
+    """The part of a comparison's variance that rests on the wander's estimates: its
+    size, its elasticity in tau (d log variance / d log tau) and the estimates'
+    spread."""
+
+    variance: float = 0.0
+    elasticity: float = 0.0
+    spread: Spread = Spread()
+
+    def df(self, total: float) -> float:
+        """Degrees of freedom of a variance `total` that holds this part."""
+        if total <= 0.0 or self.variance <= 0.0:
+            return math.inf
+        return self.spread.df(min(self.variance / total, 1.0), self.elasticity)
 
 
 @dataclass(frozen=True)
@@ -96,16 +118,15 @@ class Noise:
         return self.wander * _mean_variance(max(span, 1.0), tau) \
             / _mean_variance(self.block, tau)
 
-    def windows(self, spans: tuple[float, ...]) -> tuple[float, float]:
-        """(the wander variance of the difference of independent windows' means, the
-        degrees of freedom of that variance)."""
+    def windows(self, spans: tuple[float, ...]) -> Uncertain:
+        """The wander variance of the difference of independent windows' means."""
         var = sum(self.window(span) for span in spans)
         if var <= 0.0 or self.persistence <= 0.0:
-            return var, math.inf
+            return Uncertain(var, 0.0, self.spread)
         h = ELASTICITY_STEP
         hi, lo = (sum(self.window(span, self.persistence * math.exp(k)) for span in spans)
                   for k in (h, -h))
-        return var, self.spread.df(math.log(hi / lo) / (2.0 * h))
+        return Uncertain(var, math.log(hi / lo) / (2.0 * h), self.spread)
 
     def expected_shift(self) -> tuple[float, float]:
         """(expected log rate ratio after/before, its variance) from the drift.
@@ -336,20 +357,17 @@ def _spread(fit: _Fit, wander: float, rho: float, block: float) -> Spread:
         return Spread()
     rng = np.random.default_rng(0)
     drawn, rhos = fit.estimate(fit.residuals(rng.standard_normal((BOOTSTRAP, n)) @ root.T))
-    rel = drawn / wander - 1.0
     shortest = block / 20.0
     log_tau = np.log(np.maximum(-block / np.log(np.clip(rhos, 0.05, 0.95)), shortest)
                      / max(_tau(rho, block), shortest))
-    c = np.cov(np.vstack([rel, log_tau]))
-    return Spread(float(c[0, 0]), float(c[1, 1]), float(c[0, 1]))
+    return Spread(tuple(float(v) for v in drawn / wander), tuple(float(v) for v in log_tau))
 
 
 def prediction(noise: Noise, before: Rates, after: Rates,
-               shift: float) -> tuple[float, float, float, float] | None:
+               shift: float) -> tuple[float, float, Uncertain] | None:
     """(the after window's predicted log level against the baseline's, beyond `shift`;
     the variance of what the prediction leaves unexplained; its part due to the
-    wander; the degrees of freedom of that part), or None without a persistent
-    wander.
+    wander), or None without a persistent wander.
 
     A wander with correlation time tau carries the level of the baseline's last
     minutes into the after window: comparing with the whole baseline's mean
@@ -364,8 +382,8 @@ def prediction(noise: Noise, before: Rates, after: Rates,
     zero (ordinary kriging); weights that did not would claim too small an
     error (by a quarter to a third of it). How much the wander's part of the
     error depends on tau (its elasticity, from the predictor's error under a
-    shorter and a longer tau) sets, with the estimates' spread, the degrees of
-    freedom of that part (`Spread.df`)."""
+    shorter and a longer tau) goes with it, for the degrees of freedom
+    (`Uncertain.df`)."""
     if noise.persistence <= 0.0 or noise.wander <= 0.0:
         return None
     # a persistence too short to measure: no shorter than one interval
@@ -411,6 +429,6 @@ def prediction(noise: Noise, before: Rates, after: Rates,
     sampled = float(lam @ v @ lam)
     low, mid, high = (max(var_d - 2.0 * float(lam @ c) + float(lam @ k_bb @ lam), 1e-12)
                       for k_bb, c, var_d in each)
-    df = noise.spread.df(math.log(high / low) / math.log(taus[2] / taus[0])) \
-        if taus[2] > taus[0] else noise.spread.df(0.0)
-    return float(lam @ y), mid + sampled, mid, df
+    elasticity = math.log(high / low) / math.log(taus[2] / taus[0]) \
+        if taus[2] > taus[0] else 0.0
+    return float(lam @ y), mid + sampled, Uncertain(mid, elasticity, noise.spread)

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
-from checks.noise import Noise, model, prediction
+from checks.noise import Noise, Uncertain, model, prediction
 from checks.rates import Rates
 from daemon.models import Verdict
 
@@ -131,35 +131,42 @@ def binomial_z(k: int, n: int, pi0: float, bad: str, *, mid: bool = False) -> fl
 
 
 def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float = 1.0,
-           phi: float = 1.0, extra: float = 0.0, mid: bool = False, wander: float = 0.0,
-           df: float = math.inf) -> float:
-    """z of `a` after-events against `b` before-events; positive = the bad direction."""
+           phi: float = 1.0, extra: float = 0.0, mid: bool = False,
+           wander: Uncertain | None = None) -> float:
+    """z of `a` after-events against `b` before-events; positive = the bad direction.
+    `wander`: the part of `extra` that rests on the wander's estimates."""
     n = round(a + b)
     if n <= 0 or xa <= 0 or xb <= 0:
         return 0.0
     pi0 = scale * xa / (scale * xa + xb)
     z0 = binomial_z(min(round(a), n), n, pi0, bad, mid=mid)
-    v0 = 1.0 / (n * pi0 * (1.0 - pi0))
+    v0 = poisson_variance(a, xa, b, xb, scale)
     total = phi * v0 + extra
     z = z0 / math.sqrt(total / v0)
-    return student(z, total, wander, df)
+    return student(z, wander.df(total)) if wander is not None else z
 
 
-def student(z: float, total: float, wander: float, df: float) -> float:
-    """The normal z with the tail that z has as Student's t, when the variance `total`
-    behind z holds a part `wander` estimated on `df` degrees of freedom (the rest
-    taken as known): Satterthwaite's degrees of freedom total^2 / (wander^2 / df)."""
-    if not math.isfinite(df) or wander <= 0.0 or not math.isfinite(z):
+def poisson_variance(a: float, xa: float, b: float, xb: float, scale: float) -> float:
+    """The Poisson variance of the log rate ratio of `a` after-events against `b`
+    before-events, 1 / (N p (1 - p)) with p the after events' expected share."""
+    n = round(a + b)
+    if n <= 0 or xa <= 0 or xb <= 0:
+        return math.inf
+    pi0 = scale * xa / (scale * xa + xb)
+    return 1.0 / (n * pi0 * (1.0 - pi0))
+
+
+def student(z: float, df: float) -> float:
+    """The normal z with the tail that z has as Student's t on `df` degrees of freedom
+    (the degrees of freedom of the variance behind z)."""
+    if not math.isfinite(df) or df > 1e4 or not math.isfinite(z):
         return z
-    nu = total * total / (wander * wander / df)
-    if nu > 1e4:
-        return z
-    return z_from_p(float(stats.t.sf(z, nu)))
+    return z_from_p(float(stats.t.sf(z, df)))
 
 
 def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad: str, *,
-              phi: float = 1.0, extra: float = 0.0, wander: float = 0.0,
-              df: float = math.inf) -> float:
+              phi: float = 1.0, extra: float = 0.0,
+              wander: Uncertain | None = None) -> float:
     """z by which `a` after-events over `xa` rule out an after rate of `severe_rate`
     (positive: the data lie on the good side of it), with the same noise as `rate_z`.
 
@@ -172,14 +179,15 @@ def ruled_out(a: float, xa: float, b: float, xb: float, severe_rate: float, bad:
     good = "drop" if bad == "rise" else "rise"
     if b > 0:
         return rate_z(a, xa, b, xb, good, scale=severe_rate * xb / b, phi=phi, extra=extra,
-                      mid=True, wander=wander, df=df)
+                      mid=True, wander=wander)
     mean = severe_rate * xa  # no baseline events: the after events alone, Poisson
     if mean <= 0.0:
         return 0.0
     k = round(a)
     p = float(stats.poisson.cdf(k, mean) if bad == "rise" else stats.poisson.sf(k - 1, mean))
     p -= 0.5 * float(stats.poisson.pmf(k, mean))  # mid-p
-    return student(z_from_p(p) / math.sqrt(phi + extra * mean), phi / mean + extra, wander, df)
+    z = z_from_p(p) / math.sqrt(phi + extra * mean)
+    return student(z, wander.df(phi / mean + extra)) if wander is not None else z
 
 
 def trim_worst(after: Rates, expected_rate: float, bad: str) -> tuple[Rates, int | None]:
@@ -206,22 +214,22 @@ def rate_change(a: float, xa: float, b: float, xb: float, scale: float) -> tuple
 
 
 def expectation(before: Rates, after: Rates, history: Rates | None, scale: float | None,
-                scale_var: float) -> tuple[Noise, float, float, float, float]:
+                scale_var: float) -> tuple[Noise, float, float, Uncertain]:
     """(the noise model, the expected after/before rate ratio, the extra log-scale
-    variance, its part due to the wander, that part's degrees of freedom) for
-    comparing `after` with `before` (module doc)."""
+    variance, its part that rests on the wander's estimates) for comparing `after`
+    with `before` (module doc)."""
     noise = model(before, after.centre(), history)
-    wander, df = noise.windows((after.span(), before.span()))
-    extra = wander + scale_var
+    wander = noise.windows((after.span(), before.span()))
+    extra = wander.variance + scale_var
     if scale is None:
         shift, extra_drift = noise.expected_shift()
         predicted = prediction(noise, before, after, shift)
         if predicted is not None:
             shift += predicted[0]
-            extra, wander, df = predicted[1], predicted[2], predicted[3]
+            extra, wander = predicted[1], predicted[2]
         scale = math.exp(shift)
         extra += extra_drift
-    return noise, scale, extra, wander, df
+    return noise, scale, extra, wander
 
 
 @dataclass(frozen=True)
@@ -233,8 +241,8 @@ class _Test:
     noise: Noise
     scale: float
     extra: float
-    wander: float
-    df: float
+    wander: Uncertain
+    df: float  # of the test's variance
     window: Rates
     trimmed: int | None
     events: float
@@ -260,12 +268,13 @@ class _Test:
 def _test(before: Rates, after: Rates, rule: Rule, history: Rates | None,
           scale: float | None, scale_var: float) -> _Test:
     b, xb = before.total()
-    noise, scale, extra, wander, df = expectation(before, after, history, scale, scale_var)
+    noise, scale, extra, wander = expectation(before, after, history, scale, scale_var)
     window, trimmed = trim_worst(after, scale * b / xb if xb > 0 else 0.0, rule.bad)
     a, xa = window.total()
     z = rate_z(a, xa, b, xb, rule.bad, scale=scale, phi=noise.phi, extra=extra,
-               wander=wander, df=df)
+               wander=wander)
     change, diff = rate_change(a, xa, b, xb, scale)
+    df = wander.df(noise.phi * poisson_variance(a, xa, b, xb, scale) + extra)
     return _Test(rule, noise, scale, extra, wander, df, window, trimmed, a, xa, z, change,
                  diff)
 
@@ -282,7 +291,7 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
     ev_before = _evidence(before, b, xb, naming)
     ev_before.update(phi=round(phi, 3), wander_sd=round(math.sqrt(noise.wander), 4),
                      persistence_s=round(noise.persistence, 1),
-                     wander_df=round(t.df, 1) if math.isfinite(t.df) else None,
+                     noise_df=round(t.df, 1) if math.isfinite(t.df) else None,
                      drift=round(noise.drift, 4), drift_sd=round(math.sqrt(noise.drift_var), 4))
     ev_after = _evidence(after, a, xa, naming)
     ev_after.update(change=change if math.isfinite(change) else None, left_out=t.trimmed)
@@ -320,8 +329,7 @@ def compare_rates(before: Rates, after: Rates, rule: Rule, naming: Naming, *,
         severe = max(expected * rule.severe, expected + rule.min_absolute)
     else:
         severe = max(min(expected / rule.severe, expected - rule.min_absolute), 0.0)
-    z_h = ruled_out(a, xa, b, xb, severe, rule.bad, phi=phi, extra=extra, wander=t.wander,
-                    df=t.df)
+    z_h = ruled_out(a, xa, b, xb, severe, rule.bad, phi=phi, extra=extra, wander=t.wander)
     if z_h < PASS_Z:
         word = f"x{rule.severe:g} rise" if rule.bad == "rise" else f"/{rule.severe:g} drop"
         return out(Verdict.INCONCLUSIVE, f"too little data: {text}; a {word} cannot be ruled "

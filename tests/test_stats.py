@@ -14,6 +14,7 @@ from scipy import special
 from checks.noise import (
     Noise,
     Spread,
+    Uncertain,
     _mean_variance,
     blocks,
     fast_dispersion,
@@ -304,7 +305,7 @@ def test_the_wanders_spread_shrinks_with_the_history_and_is_repeatable() -> None
     def df(hours: int) -> float:
         n = 120 * hours
         history = blocks(rates(list(counts[-60 - n:-60]), [30.0] * n, -1800.0 - 30.0 * n))
-        return model(before, 300.0, history).spread.df(0.0)
+        return Uncertain(1.0, 0.0, model(before, 300.0, history).spread).df(1.0)
 
     # two hours of a wander that persists for ten minutes hold a handful of
     # independent stretches, twelve hours several dozen
@@ -314,13 +315,20 @@ def test_the_wanders_spread_shrinks_with_the_history_and_is_repeatable() -> None
     assert model(before, 300.0, blocks(steady)).spread == Spread()  # no wander, no spread
 
 
-def test_student_widens_only_where_the_estimated_wander_weighs() -> None:
-    assert student(3.0, 1.0, 0.0, 5.0) == 3.0  # no wander in the variance
-    assert student(3.0, 1.0, 0.01, 5.0) == pytest.approx(3.0, abs=0.01)  # a sliver of it
-    assert student(3.0, 1.0, 1.0, math.inf) == 3.0  # a wander known exactly
-    # all of the variance is a wander known on 10 degrees of freedom: P(t10 > 3) = 0.0067
-    assert student(3.0, 1.0, 1.0, 10.0) == pytest.approx(2.47, abs=0.01)
-    assert student(-1.0, 1.0, 1.0, 10.0) == pytest.approx(-0.95, abs=0.01)
+def test_the_degrees_of_freedom_count_only_where_the_estimated_wander_weighs() -> None:
+    # a wander known to within about a third, on its own: a chi-square's dozen or so
+    spread = Spread(tuple(np.exp(np.linspace(-0.6, 0.6, 64))), (0.0,) * 64)
+    assert 10.0 < Uncertain(1.0, 0.0, spread).df(1.0) < 20.0
+    assert Uncertain(0.01, 0.0, spread).df(1.0) > 1e4  # a sliver of the variance
+    assert Uncertain(1.0, 0.0, Spread()).df(1.0) == math.inf  # known exactly
+    # an estimate near zero is very uncertain relative to itself (the bootstrap draws
+    # 0 to 3 times it), but not the variance it adds a fifth to
+    near_zero = Spread(tuple(np.linspace(0.0, 3.0, 64)), (0.0,) * 64)
+    assert Uncertain(0.2, 0.0, near_zero).df(1.0) > 20.0
+    # P(t10 > 3) = 0.0067, the normal tail of 2.47
+    assert student(3.0, 10.0) == pytest.approx(2.47, abs=0.01)
+    assert student(-1.0, 10.0) == pytest.approx(-0.95, abs=0.01)
+    assert student(3.0, math.inf) == 3.0
 
 
 def test_a_wander_far_from_the_baseline_keeps_the_budget() -> None:
