@@ -320,17 +320,13 @@ class _Fit:
         fit's three parameters understated the wander by a sixth on average and
         let harmless pushes fail (README, Guard). The lag-1 correlation of the
         residuals is biased low by about (1 + 3 rho) / n (Kendall) and is
-        corrected by that much; a wander the blocks' own noise hides entirely has no
-        correlation to measure (0)."""
+        corrected by that much."""
         z = np.atleast_2d(z)
         n = z.shape[1]
-        # the wander's own lag-1 correlation: the blocks' sampling noise, independent
-        # from block to block, is no part of it (with it in the denominator, errors at
-        # 20-100 rps read a wander that persists 10 minutes as one of 2.5-5)
-        den = np.einsum("bi,bi->b", z, z) - float(np.sum(self.sampled))
-        r = np.clip(np.einsum("bi,bi->b", z[:, :-1], z[:, 1:]) / np.where(den > 0, den, 1.0),
-                    -1.0, 1.0)
-        rho = np.where(den > 0, np.clip(r + (1.0 + 3.0 * r) / n, 0.0, 0.95), 0.0)
+        den = np.einsum("bi,bi->b", z, z)
+        r = np.where(den > 0, np.einsum("bi,bi->b", z[:, :-1], z[:, 1:]) / np.where(
+            den > 0, den, 1.0), 0.0)
+        rho = np.clip(r + (1.0 + 3.0 * r) / n, 0.0, 0.95)
         # diag(L R L') = diag(R) - 2 diag(X X^+ R) + diag(X X^+ R X^+' X'), X of rank 3
         corr = rho[:, None, None] ** self.lag[None, :, :]
         xr = self.inverse @ corr  # X^+ R, per row

@@ -297,20 +297,6 @@ def test_the_wander_is_measured_in_full_around_the_days_trend() -> None:
     assert 540.0 < float(np.median(taus)) < 780.0
 
 
-def test_the_blocks_own_noise_does_not_shorten_the_wanders_persistence() -> None:
-    # 2 requests a second: Poisson noise is 40 % of a 5-minute block's variance, and
-    # with it in the lag-1 correlation's denominator a wander that persists for 10
-    # minutes read as one of 4 (median 248 s)
-    rng = np.random.default_rng(51)
-    taus = []
-    for _ in range(200):
-        counts = ou_counts(rng, 2.0, 0.05, 600.0, 540)
-        before = rates(list(counts[-60:]), [30.0] * 60, -1800.0)
-        history = blocks(rates(list(counts[:480]), [30.0] * 480, -16200.0))
-        taus.append(model(before, 300.0, history).persistence)
-    assert 450.0 < float(np.median(taus)) < 900.0
-
-
 def test_the_wanders_spread_shrinks_with_the_history_and_is_repeatable() -> None:
     rng = np.random.default_rng(41)
     counts = ou_counts(rng, 100.0, 0.05, 600.0, 1440 + 60)
