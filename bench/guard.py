@@ -259,8 +259,8 @@ def oracle_tables(rows: list[dict[str, Any]]) -> None:
 
     header = ["kind", "rps", "n", "guard", "oracle (noise model)",
               "clairvoyant (sampling only)"]
-    table("Oracles (synthetic only; failed by the end of the canary bake, alpha 0.005 "
-          "one-sided): MODERATE regressions", header, lines("moderate"))
+    table(f"Oracles (synthetic only; failed by the end of the canary bake, alpha "
+          f"{oracle.ALPHA:g} one-sided): MODERATE regressions", header, lines("moderate"))
     table("Oracles: SEVERE regressions", header, lines("severe"))
     table("Oracles: HARMLESS pushes failed (the oracles' own false alarms, canary bake)",
           header, lines("none"))

@@ -2,8 +2,8 @@
 
 Both oracles judge a synthetic scenario once, at the end of the canary bake
 (the after window from go-live + warm-up to the bake's end against the
-30-minute baseline), with the guard's per-bake alpha: the push's false-alarm
-budget split over the two bakes and the critical checks (0.01 / 2 = 0.005,
+30-minute baseline), with the guard's alpha for the canary bake: its share of
+the push's false-alarm budget, over the critical checks (0.01 * 0.67 = 0.0067,
 one-sided). They read the generator's own draws (`bench.synthetic.scenario`
 with `latent`), which no real judge can:
 
@@ -36,8 +36,9 @@ import numpy as np
 from scipy import stats
 
 from bench.synthetic import EDGES, GENERATOR
+from daemon.config import CANARY_SHARE
 
-ALPHA = 0.01 / 2  # the guard's split: false_alarm / (2 bakes * 1 critical check)
+ALPHA = 0.01 * CANARY_SHARE  # the guard's canary bake: false_alarm * share / 1 check
 SIMS = 4000
 WARMUP_S, BAKE_S, BASELINE_S = 60.0, 600.0, 1800.0
 WANDER = {"count": "traffic_wander_sd", "ratio": "error_wander_sd",

@@ -58,12 +58,13 @@ import numpy as np
 from checks.series import QUANTILE, Series
 from checks.spec import CheckSpec, Kind, parse_check
 from checks.verdict import Guard, Look
-from daemon.config import GuardConfig
+from daemon.config import CANARY_SHARE, GuardConfig
 from daemon.models import Verdict
 from daemon.tomlread import Table, parse_duration
 
 GUARD_DEFAULTS = {"baseline": "30m", "warmup": "1m", "bake": "10m", "look_every": "30s",
-                  "false_alarm": 0.01, "seasonal": "off", "on_inconclusive": "halt"}
+                  "false_alarm": 0.01, "canary_share": CANARY_SHARE, "seasonal": "off",
+                  "on_inconclusive": "halt"}
 
 
 class ScenarioError(ValueError):
@@ -125,6 +126,7 @@ def _guard(raw: Mapping[str, Any]) -> GuardConfig:
             seasonal_days=0 if seasonal == "off" else int(seasonal.removesuffix("d")),
             on_inconclusive=policy.partition(":")[0],
             extend=parse_duration(policy.partition(":")[2]) if ":" in policy else timedelta(0),
+            canary_share=float(merged["canary_share"]),
         )
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"guard: {exc}") from None
@@ -291,7 +293,8 @@ async def bake(guard: Guard, config: GuardConfig, push: datetime, waves: Sequenc
     for w, live in enumerate(waves, start=1):
         for k in range(1, n + 1):
             now = live + config.warmup + k * config.look_every
-            look = await guard.look(push_id=push_id, baseline=baseline,
+            look = await guard.look(push_id=push_id, wave=w, waves=len(waves),
+                                    baseline=baseline,
                                     after=(live + config.warmup, now), look=k, looks=n,
                                     final=k == n)
             seen.append((w, k, now, look))

@@ -2,8 +2,14 @@
 
 The false-alarm budget `[guard] false_alarm` is per push: over both bakes
 (canary and fleet), all critical checks and all looks. It is split with
-Bonferroni across the bakes and the critical checks, alpha = false_alarm /
-(2 * critical checks), and each check spends its alpha across the looks of a
+Bonferroni across the bakes and the critical checks: the canary bake gets
+`[guard] canary_share` of it (default 0.67), the fleet bake the rest, a push
+with one wave all of it, and each critical check an equal part, alpha =
+false_alarm * share / critical checks. The canary bake gets the larger part
+because a regression stopped there has reached one wave, not the fleet, and
+because a unit of alpha buys more detection there: the fleet bake's after
+window lies further from the baseline, where the metrics' slow wander widens
+every test. Each check spends its alpha across the looks of a
 bake with a Hwang-Shih-DeCani spending function, gamma -2
 (`checks.sequential`): a little early, so that a severe regression stops
 within the first looks that may stop, most of it towards the end of the
@@ -52,7 +58,6 @@ from daemon.models import CheckResult, Verdict
 
 log = logging.getLogger("pushguard.guard")
 
-BAKES_PER_PUSH = 2  # canary and fleet: both share one push's budget
 MIN_INTERVALS = 3  # a look may stop only with this many intervals after warm-up
 SPENDING = "hsd"
 RECENT_SHARE = 0.25  # of a rate check's alpha: the final look's test on the recent half
@@ -78,7 +83,7 @@ class Guard:
         self._source = source
         self._reader = Reader(source)
         critical = sum(1 for c in self._checks if c.critical)
-        self.alpha = config.false_alarm / (BAKES_PER_PUSH * max(critical, 1))
+        self.budget = config.false_alarm / max(critical, 1)  # one check's, over one push
         self._bounds: dict[tuple[int, int, float], tuple[float, ...]] = {}
         self._source_ok = True
         self._marker_ok = True
@@ -91,23 +96,34 @@ class Guard:
     def step(self, check: CheckSpec) -> timedelta:
         return check.step or self._config.look_every
 
-    def boundary(self, check: CheckSpec, look: int, looks: int) -> float:
-        """The z-boundary of `check` at `look` of `looks` (inf: this look may not stop)."""
+    def alpha(self, wave: int, waves: int) -> float:
+        """One critical check's alpha in the bake of `wave` (1: the canary) of a push
+        with `waves` waves: `canary_share` of its budget for the canary bake, the rest
+        for the fleet bake; all of it for the one bake of a push with one wave."""
+        if waves <= 1:
+            return self.budget
+        share = self._config.canary_share
+        return self.budget * (share if wave <= 1 else 1.0 - share)
+
+    def boundary(self, check: CheckSpec, look: int, looks: int, alpha: float) -> float:
+        """The z-boundary of `check` at `look` of `looks` of a bake with `alpha`
+        (inf: this look may not stop)."""
         looks = max(looks, 1)
         first = math.ceil(MIN_INTERVALS * self.step(check) / self._config.look_every)
         first = min(max(first, 1), looks)
-        alpha = self.alpha * (1.0 - RECENT_SHARE) if self._recent_test(check) else self.alpha
+        if self._recent_test(check):
+            alpha *= 1.0 - RECENT_SHARE
         key = (looks, first, alpha)
         if key not in self._bounds:
             self._bounds[key] = boundaries(alpha, look_fractions(looks, first), SPENDING)
         return self._bounds[key][min(max(look, 1), looks) - 1]
 
-    def recent_boundary(self, check: CheckSpec, look: int, looks: int) -> float:
+    def recent_boundary(self, check: CheckSpec, look: int, looks: int, alpha: float) -> float:
         """The boundary of a rate check's test on the recent half of the after window:
-        at the final look only, with its share of the check's alpha."""
+        at the final look only, with its share of the check's alpha in the bake."""
         if look != max(looks, 1) or not self._recent_test(check) or look <= 0:
             return math.inf
-        return _norm_isf(self.alpha * RECENT_SHARE)
+        return _norm_isf(alpha * RECENT_SHARE)
 
     def _recent_test(self, check: CheckSpec) -> bool:
         """Rate checks test the recent half, except counts against a seasonal reference
@@ -131,13 +147,14 @@ class Guard:
                         look.results)
         return look
 
-    async def look(self, *, push_id: int, baseline: tuple[datetime, datetime],
-                   after: tuple[datetime, datetime], look: int, looks: int,
-                   final: bool) -> Look:
-        """Judge every check at one look of a bake; never raises."""
+    async def look(self, *, push_id: int, wave: int, waves: int,
+                   baseline: tuple[datetime, datetime], after: tuple[datetime, datetime],
+                   look: int, looks: int, final: bool) -> Look:
+        """Judge every check at one look of the bake of `wave` of `waves`; never raises."""
+        alpha = self.alpha(wave, waves)
         results = await asyncio.gather(*(
-            self._judge(c, push_id, look, baseline, after, self.boundary(c, look, looks),
-                        self.recent_boundary(c, look, looks))
+            self._judge(c, push_id, look, baseline, after, self.boundary(c, look, looks, alpha),
+                        self.recent_boundary(c, look, looks, alpha))
             for c in self._checks))
         return _aggregate(results, final=final, look=look, looks=looks)
 

@@ -20,6 +20,8 @@ from daemon.errors import ConfigError
 from daemon.tomlread import Table
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# of a push's false-alarm budget, for the canary bake (checks.verdict)
+CANARY_SHARE = 0.67
 WEBHOOK_EVENTS = ("started", "passed", "failed", "halted", "resumed", "interrupted", "postponed")
 
 
@@ -115,6 +117,7 @@ class GuardConfig:
     seasonal_days: int  # 0 is off
     on_inconclusive: str  # "halt" | "pass" | "extend"
     extend: timedelta
+    canary_share: float = CANARY_SHARE  # of false_alarm for the canary bake; the fleet: the rest
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,7 @@ def _guard(t: Table) -> GuardConfig:
         seasonal_days=seasonal_days,
         on_inconclusive=policy,
         extend=extend,
+        canary_share=t.number("canary_share", CANARY_SHARE, low=0.05, high=0.95),
     )
     if guard.look_every > guard.bake:
         t.error("look_every", "expected at most `bake`")

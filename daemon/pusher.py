@@ -350,8 +350,10 @@ class Pusher:
             await self._sleep_until(due)
             self.progress.look = number
             after = (live_at + guard.warmup, self.clock())
-            look = await self.guard.look(push_id=push.id, baseline=baseline, after=after,
-                                         look=number, looks=looks, final=number in decisions)
+            look = await self.guard.look(push_id=push.id, wave=wave,
+                                         waves=self.progress.waves, baseline=baseline,
+                                         after=after, look=number, looks=looks,
+                                         final=number in decisions)
             await self.store.add_check_results(push.id, wave, look.results, self.clock())
             if look.verdict == Verdict.FAIL or (look.verdict == Verdict.PASS
                                                 and number in decisions):

@@ -46,6 +46,8 @@ def test_root_config_is_valid() -> None:
          "ends before it starts"),
         ('window = "09:00-17:00"', 'window = "9 to 5"', "schedule.window", "HH:MM-HH:MM"),
         ('bake = "10m"', 'bake = "-"', "guard.bake", "expected a duration"),
+        ('canary_share = 0.67', 'canary_share = 1.0', "guard.canary_share",
+         "expected at most 0.95"),
         ('on_regression = "halt"', 'on_regression = "pray"', "deploy.on_regression",
          "expected one of"),
         ('timezone = "Europe/Berlin"', 'timezone = "Mars/Olympus"', "daemon.timezone",

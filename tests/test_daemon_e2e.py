@@ -27,6 +27,13 @@ async def test_pushes_pass_then_a_bad_change_halts_and_a_fix_goes_forward(
     last = (await d.store.get_change(good[-1])).ref
     assert set(current_of(shop_fleet).values()) == {last}
     assert {h.live_release for h in await d.store.hosts()} == {last}
+    # each bake is judged with its own share of the budget, the canary's the larger
+    rows = [r for r in await d.store.check_results(pushes[0].id)
+            if r["name"] == "checkout errors"]
+    final = {w: max((r for r in rows if r["wave"] == w), key=lambda r: r["look"])
+             for w in (1, 2)}
+    assert final[1]["look"] == final[2]["look"]
+    assert final[1]["threshold"] < final[2]["threshold"]
 
     bad = await d.approve("bad: checkout breaks", {"BAD": "1\n", "app.txt": "bad\n"})
     waiting = await d.approve("next feature", {"app.txt": "next\n", "BAD": "0\n"})

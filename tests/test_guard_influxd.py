@@ -133,14 +133,14 @@ async def test_stopped_influxd_is_inconclusive_never_pass(tmp_path: Path,
         guard = Guard(GUARD, checks("calm"), source)
         baseline = (PUSH - GUARD.baseline, PUSH)
         after = (PUSH + GUARD.warmup, PUSH + GUARD.bake)
-        first = await guard.look(push_id=1, baseline=baseline, after=after, look=5, looks=5,
-                                 final=True)
+        first = await guard.look(push_id=1, wave=1, waves=2, baseline=baseline, after=after,
+                                 look=5, looks=5, final=True)
         assert first.verdict == Verdict.PASS, first.reason
         server.stop()
         with caplog.at_level(logging.INFO, logger="pushguard.guard"):
             for _ in range(2):
-                look = await guard.look(push_id=1, baseline=baseline, after=after, look=5,
-                                        looks=5, final=True)
+                look = await guard.look(push_id=1, wave=1, waves=2, baseline=baseline,
+                                        after=after, look=5, looks=5, final=True)
                 assert look.verdict == Verdict.INCONCLUSIVE
                 assert look.reason.startswith("metrics unavailable")
                 assert all(r.verdict == Verdict.INCONCLUSIVE for r in look.results)

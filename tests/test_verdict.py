@@ -60,8 +60,9 @@ def guard_for(raw: dict[str, Any]) -> tuple[Guard, list[CheckSpec]]:
     return Guard(CONFIG, s.checks, ScenarioSource(s)), list(s.checks)
 
 
-async def look(guard: Guard, k: int, n: int = 18) -> Any:
-    return await guard.look(push_id=4, baseline=(PUSH - CONFIG.baseline, PUSH),
+async def look(guard: Guard, k: int, n: int = 18, wave: int = 1, waves: int = 2) -> Any:
+    return await guard.look(push_id=4, wave=wave, waves=waves,
+                            baseline=(PUSH - CONFIG.baseline, PUSH),
                             after=(PUSH + CONFIG.warmup,
                                    PUSH + CONFIG.warmup + k * CONFIG.look_every),
                             look=k, looks=n, final=k == n)
@@ -70,26 +71,45 @@ async def look(guard: Guard, k: int, n: int = 18) -> Any:
 def test_looks_and_budget() -> None:
     guard, _ = guard_for(data())
     assert guard.looks(CONFIG.bake) == 18  # (10m - 1m) / 30s
-    assert guard.alpha == pytest.approx(0.01 / 2)  # one critical check, two bakes
+    # one critical check: the push's budget split over the canary and the fleet bake
+    assert CONFIG.canary_share == pytest.approx(0.67)
+    assert guard.alpha(1, 2) == pytest.approx(0.01 * 0.67)
+    assert guard.alpha(2, 2) == pytest.approx(0.01 * 0.33)
+    assert guard.alpha(1, 1) == pytest.approx(0.01)  # one wave, one bake: all of it
+    fleet_first = Guard(replace(CONFIG, canary_share=0.2), guard._checks, guard._source)
+    assert fleet_first.alpha(1, 2) == pytest.approx(0.002)
+    assert fleet_first.alpha(2, 2) == pytest.approx(0.008)
+
+
+async def test_each_bake_is_judged_with_its_own_alpha() -> None:
+    guard, (errors, _) = guard_for(data())
+    for wave, waves in ((1, 2), (2, 2), (1, 1)):
+        final = await look(guard, 18, wave=wave, waves=waves)
+        (result,) = [r for r in final.results if r.check == errors.name]
+        assert result.threshold == pytest.approx(
+            guard.boundary(errors, 18, 18, guard.alpha(wave, waves)))
+    canary, fleet = guard.alpha(1, 2), guard.alpha(2, 2)
+    assert guard.boundary(errors, 18, 18, canary) < guard.boundary(errors, 18, 18, fleet)
 
 
 def test_a_rate_check_keeps_a_quarter_of_its_alpha_for_the_recent_half() -> None:
     guard, (errors, cpu) = guard_for(data())
-    spent = boundaries(guard.alpha * (1 - RECENT_SHARE), look_fractions(18, 3), "hsd")
-    assert [guard.boundary(errors, k, 18) for k in range(1, 19)] == pytest.approx(spent)
-    assert guard.recent_boundary(errors, 18, 18) == pytest.approx(
-        -float(special.ndtri(guard.alpha * RECENT_SHARE)))
-    assert all(math.isinf(guard.recent_boundary(errors, k, 18)) for k in range(1, 18))
-    assert math.isinf(guard.recent_boundary(cpu, 18, 18))  # gauges: rank test only
-    full = boundaries(guard.alpha, look_fractions(18, 3), "hsd")
-    assert [guard.boundary(cpu, k, 18) for k in range(1, 19)] == pytest.approx(full)
+    alpha = guard.alpha(1, 2)
+    spent = boundaries(alpha * (1 - RECENT_SHARE), look_fractions(18, 3), "hsd")
+    assert [guard.boundary(errors, k, 18, alpha) for k in range(1, 19)] == pytest.approx(spent)
+    assert guard.recent_boundary(errors, 18, 18, alpha) == pytest.approx(
+        -float(special.ndtri(alpha * RECENT_SHARE)))
+    assert all(math.isinf(guard.recent_boundary(errors, k, 18, alpha)) for k in range(1, 18))
+    assert math.isinf(guard.recent_boundary(cpu, 18, 18, alpha))  # gauges: rank test only
+    full = boundaries(alpha, look_fractions(18, 3), "hsd")
+    assert [guard.boundary(cpu, k, 18, alpha) for k in range(1, 19)] == pytest.approx(full)
     # a count against a seasonal reference expects the whole window's ratio: no half test
     count = replace(errors, kind=Kind.COUNT, field="requests")
     source = ScenarioSource(load(data()))
     seasonal = Guard(replace(CONFIG, seasonal_days=1), [count], source)
-    assert math.isinf(seasonal.recent_boundary(count, 18, 18))
-    assert seasonal.boundary(count, 18, 18) == pytest.approx(
-        boundaries(seasonal.alpha, look_fractions(18, 3), "hsd")[-1])
+    assert math.isinf(seasonal.recent_boundary(count, 18, 18, alpha))
+    assert seasonal.boundary(count, 18, 18, alpha) == pytest.approx(
+        boundaries(alpha, look_fractions(18, 3), "hsd")[-1])
 
 
 async def test_pass_only_at_the_final_look() -> None:
