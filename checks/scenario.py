@@ -12,7 +12,8 @@ A scenario is one JSON object:
                                                       #   (default: one wave at "push")
       "guard": {"baseline": "30m", "warmup": "1m",    # optional: [guard] keys (defaults as
                 "bake": "10m", "look_every": "30s",   #   in config.toml)
-                "false_alarm": 0.01, "seasonal": "off", "on_inconclusive": "halt"},
+                "false_alarm": 0.01, "canary_share": 0.67,
+                "seasonal": "off", "on_inconclusive": "halt"},
       "checks": [{"name": "errors", "kind": "ratio",  # [[checks]] tables, same keys
                   "measurement": "http", "bad_field": "errors", "all_field": "requests",
                   "bad": "rise", "min_change": 0.2, "min_absolute": 0.001}],
@@ -114,6 +115,10 @@ def _time(data: Mapping[str, Any], key: str) -> datetime:
 
 def _guard(raw: Mapping[str, Any]) -> GuardConfig:
     merged = {**GUARD_DEFAULTS, **raw}
+    share = merged["canary_share"]
+    if not isinstance(share, int | float) or not 0.05 <= share <= 0.95:
+        raise ScenarioError(f"guard: canary_share: expected a number from 0.05 to 0.95, "
+                            f"got {share!r}")
     try:
         seasonal = str(merged["seasonal"])
         policy = str(merged["on_inconclusive"])

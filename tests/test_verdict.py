@@ -216,6 +216,9 @@ def test_judge_refuses_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     broken.write_text(json.dumps(wrong_check))
     assert judge.main([str(broken)]) == 2
     assert "checks[0].kind" in capsys.readouterr().err
+    broken.write_text(json.dumps({**data(), "guard": {"canary_share": 1.5}}))
+    assert judge.main([str(broken)]) == 2
+    assert "canary_share" in capsys.readouterr().err
 
 
 def replace_check(raw: dict[str, Any], **changes: Any) -> dict[str, Any]:
