@@ -99,11 +99,14 @@ class Guard:
     def alpha(self, wave: int, waves: int) -> float:
         """One critical check's alpha in the bake of `wave` (1: the canary) of a push
         with `waves` waves: `canary_share` of its budget for the canary bake, the rest
-        for the fleet bake; all of it for the one bake of a push with one wave."""
+        for the fleet bake (the pusher makes two waves at most; a scenario file with
+        more splits the rest evenly over them); all of it for a push with one wave."""
         if waves <= 1:
             return self.budget
         share = self._config.canary_share
-        return self.budget * (share if wave <= 1 else 1.0 - share)
+        if wave <= 1:
+            return self.budget * share
+        return self.budget * (1.0 - share) / (waves - 1)
 
     def boundary(self, check: CheckSpec, look: int, looks: int, alpha: float) -> float:
         """The z-boundary of `check` at `look` of `looks` of a bake with `alpha`

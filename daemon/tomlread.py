@@ -8,6 +8,7 @@ file, the dotted key and what was expected.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -108,8 +109,11 @@ class Table:
 
     def number(self, name: str, default: Any = REQUIRED, *, low: float | None = None,
               high: float | None = None) -> float:
-        value = self._typed(name, default, (int, float), "a number", low or 0.0)
-        return float(self._bounded(name, float(value), low, high))
+        value = float(self._typed(name, default, (int, float), "a number", low or 0.0))
+        if not math.isfinite(value):  # TOML has nan and inf; no setting wants them
+            self.error(name, f"expected a finite number, got {value}")
+            return value
+        return float(self._bounded(name, value, low, high))
 
     def _bounded(self, name: str, value: Any, low: Any, high: Any) -> Any:
         if name not in self.data:

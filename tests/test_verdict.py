@@ -76,6 +76,8 @@ def test_looks_and_budget() -> None:
     assert guard.alpha(1, 2) == pytest.approx(0.01 * 0.67)
     assert guard.alpha(2, 2) == pytest.approx(0.01 * 0.33)
     assert guard.alpha(1, 1) == pytest.approx(0.01)  # one wave, one bake: all of it
+    for waves in range(1, 5):  # the bakes of a push never spend more than the budget
+        assert sum(guard.alpha(w, waves) for w in range(1, waves + 1)) == pytest.approx(0.01)
     fleet_first = Guard(replace(CONFIG, canary_share=0.2), guard._checks, guard._source)
     assert fleet_first.alpha(1, 2) == pytest.approx(0.002)
     assert fleet_first.alpha(2, 2) == pytest.approx(0.008)
