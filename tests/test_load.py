@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from checks.verdict import Guard
 from daemon import schedule
 from daemon.config import ScheduleConfig
+from daemon.config import load as load_config
 from tests.daemon_env import write_tokens
 from tests.fixtures_harness import Served, fleet_config, free_port, live_on, serving, wait_until
 from tests.gitrepo import commit, make_repo
@@ -156,6 +158,8 @@ def test_pushes_in_a_row_under_scraping_and_polling(
                 thread.join(30)
         rss_end = served.rss_kb()
         pushes = served.call("GET", "/v1/pushes?limit=200")["pushes"]
+        passed = next((p for p in pushes if p["state"] == "passed"), None)
+        judged = served.call("GET", f"/v1/pushes/{passed['id']}")["checks"] if passed else []
         log = served.log_text()
     states = Counter(p["state"] for p in pushes)
     peak = max(kb for _, kb in traffic.rss)
@@ -174,6 +178,15 @@ def test_pushes_in_a_row_under_scraping_and_polling(
     assert sorted(c for p in pushes for c in p["changes"]) == sorted(ids)  # all recorded
     assert states["passed"] + states["failed"] == len(pushes) == len(ids), states
     assert states["passed"] >= len(ids) - 1, pushes  # at most one false alarm
+    # one wave, one bake: each critical check's final look spends the whole budget
+    loaded = load_config(config)
+    guard = Guard(loaded.guard, loaded.checks, source=None)  # type: ignore[arg-type]
+    looks = guard.looks(loaded.guard.bake)
+    for check in (c for c in loaded.checks if c.critical):
+        final = max((r for r in judged if r["name"] == check.name), key=lambda r: r["look"])
+        assert final["wave"] == 1 and final["look"] == looks
+        assert final["threshold"] == pytest.approx(
+            guard.boundary(check, looks, looks, guard.budget))
     last = next(p for p in pushes if p["state"] == "passed")["release"]
     if pushes[0]["state"] == "passed":
         assert set(live_on(load_fleet).values()) == {last}
