@@ -54,7 +54,7 @@ bench-guard: venv
 	$(BIN)/python -m bench.guard
 
 bench-falsealarms: venv
-	$(BIN)/python -m bench.falsealarms
+	$(BIN)/python -m bench.falsealarms --nab-gauges 100
 
 bench-api: venv
 	$(BIN)/python -m bench.api

@@ -24,6 +24,7 @@ import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from bench.nab import Nab, default_root, gauge_scenario
 from bench.synthetic import GENERATOR, scenario
 from checks.scenario import load, replay
 
@@ -41,6 +42,18 @@ def judge(job: tuple[str, float, list[int]]) -> list[tuple[str, int | None]]:
     return out
 
 
+def judge_gauges(job: tuple[str, list[int]]) -> list[tuple[str, int | None]]:
+    """(verdict, wave) of each harmless gauge push on one NAB series (a worker's share)."""
+    name, seeds = job
+    nab = Nab(default_root())
+    out = []
+    for seed in seeds:
+        data = gauge_scenario(nab, name, "harmless", "none", "none", seed)
+        g = asyncio.run(replay(load(data)))
+        out.append((g.verdict.value, g.wave))
+    return out
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a share k/n."""
     if n <= 0:
@@ -51,13 +64,34 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
-def row(kind: str, level: float, results: list[tuple[str, int | None]]) -> str:
+def row(kind: str, level: float | str, results: list[tuple[str, int | None]]) -> str:
     n = len(results)
     failed = [wave for verdict, wave in results if verdict == "fail"]
     low, high = wilson(len(failed), n)
     fleet = sum(1 for wave in failed if wave == 2)
-    return (f"| {kind} | {level:g} | {n} | {len(failed)} | {100 * len(failed) / n:.2f} % "
+    where = f"{level:g}" if isinstance(level, float | int) else level
+    return (f"| {kind} | {where} | {n} | {len(failed)} | {100 * len(failed) / n:.2f} % "
             f"| {100 * low:.2f}–{100 * high:.2f} % | {fleet} |")
+
+
+def gauges(pushes: int, seed_base: int, jobs: int) -> None:
+    """Harmless gauge pushes on the NAB series (no traffic level), `pushes` per series."""
+    started = time.monotonic()
+    names = Nab(default_root()).gauges()
+    seeds = list(range(seed_base, seed_base + pushes))
+    work = [(name, seeds[i::jobs]) for name in names for i in range(jobs)]
+    with ProcessPoolExecutor(jobs) as pool:
+        parts = list(pool.map(judge_gauges, work))
+    print(f"\n# Harmless gauge pushes on the NAB series: {pushes} per series, seeds "
+          f"{seed_base}+, {time.monotonic() - started:.0f}s")
+    print("| kind | series | pushes | failed | share | 95 % interval | in the fleet bake |")
+    print("|---|---|---|---|---|---|---|")
+    every: list[tuple[str, int | None]] = []
+    for n, name in enumerate(names):
+        results = [r for part in parts[n * jobs:(n + 1) * jobs] for r in part]
+        every += results
+        print(row("gauge", name.removesuffix(".csv"), results))
+    print(row("gauge", "all", every))
 
 
 def main() -> None:
@@ -68,6 +102,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--seed-base", type=int, default=700_000)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--nab-gauges", type=int, default=0,
+                        help="also this many harmless gauge pushes per NAB series")
     args = parser.parse_args()
     started = time.monotonic()
     seeds = list(range(args.seed_base, args.seed_base + args.pushes))
@@ -92,6 +128,8 @@ def main() -> None:
     met = "met" if worst <= 0.01 else "NOT met"
     print(f"\nGoal: at most 1 % of harmless pushes fail at every traffic level: {met} "
           f"(worst level {100 * worst:.2f} %)")
+    if args.nab_gauges > 0:
+        gauges(args.nab_gauges, args.seed_base, args.jobs)
 
 
 if __name__ == "__main__":
