@@ -12,8 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from daemon.config import HostConfig
 from daemon.errors import Busy
 from daemon.models import ChangeState, PushState, QueueState
+from daemon.pusher import waves
 from tests.fixtures_daemon import Daemon, current_of
 from tests.shopsim import ShopSimulator
 from tests.sshfleet import SshFleet
@@ -126,3 +128,11 @@ async def test_no_push_into_an_incident(daemon_factory: Callable[..., Awaitable[
         assert fix_push.trigger == "expedite" and fix_push.state != PushState.ABORTED
     finally:
         shop.incident = False
+
+
+def test_the_plan_has_one_wave_when_the_canary_is_none_or_every_host() -> None:
+    # a plan of one wave is judged with the whole false-alarm budget (checks.verdict)
+    hosts = [HostConfig(f"web{n}", f"127.0.0.{n}", 22, ()) for n in range(1, 4)]
+    assert waves(hosts, 1) == [hosts[:1], hosts[1:]]
+    for canary in (0, 3, 5):
+        assert waves(hosts, canary) == [hosts]
