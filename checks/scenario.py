@@ -59,13 +59,9 @@ import numpy as np
 from checks.series import QUANTILE, Series
 from checks.spec import CheckSpec, Kind, parse_check
 from checks.verdict import Guard, Look
-from daemon.config import CANARY_SHARE, GuardConfig
+from daemon.config import GuardConfig, parse_guard
 from daemon.models import Verdict
 from daemon.tomlread import Table, parse_duration
-
-GUARD_DEFAULTS = {"baseline": "30m", "warmup": "1m", "bake": "10m", "look_every": "30s",
-                  "false_alarm": 0.01, "canary_share": CANARY_SHARE, "seasonal": "off",
-                  "on_inconclusive": "halt"}
 
 
 class ScenarioError(ValueError):
@@ -113,28 +109,17 @@ def _time(data: Mapping[str, Any], key: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _guard(raw: Mapping[str, Any]) -> GuardConfig:
-    merged = {**GUARD_DEFAULTS, **raw}
-    share = merged["canary_share"]
-    if not isinstance(share, int | float) or not 0.05 <= share <= 0.95:
-        raise ScenarioError(f"guard: canary_share: expected a number from 0.05 to 0.95, "
-                            f"got {share!r}")
-    try:
-        seasonal = str(merged["seasonal"])
-        policy = str(merged["on_inconclusive"])
-        return GuardConfig(
-            baseline=parse_duration(str(merged["baseline"])),
-            warmup=parse_duration(str(merged["warmup"])),
-            bake=parse_duration(str(merged["bake"])),
-            look_every=parse_duration(str(merged["look_every"])),
-            false_alarm=float(merged["false_alarm"]),
-            seasonal_days=0 if seasonal == "off" else int(seasonal.removesuffix("d")),
-            on_inconclusive=policy.partition(":")[0],
-            extend=parse_duration(policy.partition(":")[2]) if ":" in policy else timedelta(0),
-            canary_share=float(merged["canary_share"]),
-        )
-    except (ValueError, TypeError) as exc:
-        raise ScenarioError(f"guard: {exc}") from None
+def _guard(raw: Any) -> GuardConfig:
+    """The scenario's `guard` object, read as the config's `[guard]` table."""
+    if not isinstance(raw, dict):
+        raise ScenarioError("guard: expected an object")
+    errors: list[str] = []
+    table = Table(Path("scenario"), "guard", dict(raw), errors)
+    guard = parse_guard(table)
+    table.finish()
+    if errors:
+        raise ScenarioError("; ".join(errors))
+    return guard
 
 
 def _checks(raw: Any, interval: timedelta, guard: GuardConfig) -> tuple[CheckSpec, ...]:

@@ -183,7 +183,7 @@ def load(path: Path | str, asked: set[str] | None = None) -> Config:
         ssh=root.parse("ssh", lambda t: _ssh(t, base)),
         hosts=_hosts(root),
         influxdb=root.parse("influxdb", lambda t: _influx(t, base)),
-        guard=root.parse("guard", _guard),
+        guard=root.parse("guard", parse_guard),
         checks=_checks(root),
         webhooks=tuple(_webhook(t) for t in root.tables("webhooks", required=False)),
     )
@@ -392,7 +392,8 @@ def _influx(t: Table, base: Path) -> InfluxConfig:
     return config
 
 
-def _guard(t: Table) -> GuardConfig:
+def parse_guard(t: Table) -> GuardConfig:
+    """The `[guard]` table (also a scenario file's `guard` object)."""
     seasonal = t.text("seasonal", "off")
     seasonal_days = 0
     if seasonal != "off":
