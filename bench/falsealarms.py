@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import asyncio
+import functools
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,29 +30,37 @@ from bench.synthetic import GENERATOR, scenario
 from checks.scenario import load, replay
 
 KINDS = ("count", "ratio", "latency")
-Cell = tuple[str, float]
+# (kind, traffic level) of synthetic pushes, or ("gauge", NAB series file)
+Cell = tuple[str, float | str]
+Result = tuple[str, int | None]  # verdict, wave
 
 
-def judge(job: tuple[str, float, list[int]]) -> list[tuple[str, int | None]]:
-    """(verdict, wave) of each harmless push of one kind and level (a worker's share)."""
-    kind, level, seeds = job
+@functools.cache
+def _nab() -> Nab:
+    return Nab(default_root())
+
+
+def judge(job: tuple[str, float | str, list[int]]) -> list[Result]:
+    """(verdict, wave) of each harmless push of one cell (a worker's share)."""
+    kind, where, seeds = job
     out = []
     for seed in seeds:
-        g = asyncio.run(replay(load(scenario(kind, level, "harmless", "none", "none", seed))))
-        out.append((g.verdict.value, g.wave))
-    return out
-
-
-def judge_gauges(job: tuple[str, list[int]]) -> list[tuple[str, int | None]]:
-    """(verdict, wave) of each harmless gauge push on one NAB series (a worker's share)."""
-    name, seeds = job
-    nab = Nab(default_root())
-    out = []
-    for seed in seeds:
-        data = gauge_scenario(nab, name, "harmless", "none", "none", seed)
+        if kind == "gauge":
+            data = gauge_scenario(_nab(), str(where), "harmless", "none", "none", seed)
+        else:
+            data = scenario(kind, float(where), "harmless", "none", "none", seed)
         g = asyncio.run(replay(load(data)))
         out.append((g.verdict.value, g.wave))
     return out
+
+
+def judge_cells(cells: list[Cell], seeds: list[int], jobs: int) -> dict[Cell, list[Result]]:
+    """Every cell's pushes, one per seed, spread over `jobs` worker processes."""
+    work = [(kind, where, seeds[i::jobs]) for kind, where in cells for i in range(jobs)]
+    with ProcessPoolExecutor(jobs) as pool:
+        parts = list(pool.map(judge, work))
+    return {cell: [r for part in parts[c * jobs:(c + 1) * jobs] for r in part]
+            for c, cell in enumerate(cells)}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -64,7 +73,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
-def row(kind: str, level: float | str, results: list[tuple[str, int | None]]) -> str:
+def row(kind: str, level: float | str, results: list[Result]) -> str:
     n = len(results)
     failed = [wave for verdict, wave in results if verdict == "fail"]
     low, high = wilson(len(failed), n)
@@ -77,21 +86,15 @@ def row(kind: str, level: float | str, results: list[tuple[str, int | None]]) ->
 def gauges(pushes: int, seed_base: int, jobs: int) -> None:
     """Harmless gauge pushes on the NAB series (no traffic level), `pushes` per series."""
     started = time.monotonic()
-    names = Nab(default_root()).gauges()
-    seeds = list(range(seed_base, seed_base + pushes))
-    work = [(name, seeds[i::jobs]) for name in names for i in range(jobs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        parts = list(pool.map(judge_gauges, work))
+    cells: list[Cell] = [("gauge", name) for name in _nab().gauges()]
+    by_cell = judge_cells(cells, list(range(seed_base, seed_base + pushes)), jobs)
     print(f"\n# Harmless gauge pushes on the NAB series: {pushes} per series, seeds "
           f"{seed_base}+, {time.monotonic() - started:.0f}s")
     print("| kind | series | pushes | failed | share | 95 % interval | in the fleet bake |")
     print("|---|---|---|---|---|---|---|")
-    every: list[tuple[str, int | None]] = []
-    for n, name in enumerate(names):
-        results = [r for part in parts[n * jobs:(n + 1) * jobs] for r in part]
-        every += results
-        print(row("gauge", name.removesuffix(".csv"), results))
-    print(row("gauge", "all", every))
+    for (kind, name), results in by_cell.items():
+        print(row(kind, str(name).removesuffix(".csv"), results))
+    print(row("gauge", "all", [r for results in by_cell.values() for r in results]))
 
 
 def main() -> None:
@@ -108,16 +111,11 @@ def main() -> None:
     started = time.monotonic()
     seeds = list(range(args.seed_base, args.seed_base + args.pushes))
     cells: list[Cell] = [(kind, level) for kind in args.kinds for level in args.levels]
-    jobs = [(kind, level, seeds[i::args.jobs]) for kind, level in cells
-            for i in range(args.jobs)]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        parts = list(pool.map(judge, jobs))
+    by_cell = judge_cells(cells, seeds, args.jobs)
     print(f"# Harmless pushes through the guard: {args.pushes} per kind and level, "
           f"seeds {args.seed_base}+, {time.monotonic() - started:.0f}s")
     print("| kind | rps | pushes | failed | share | 95 % interval | in the fleet bake |")
     print("|---|---|---|---|---|---|---|")
-    by_cell = {cell: [r for part in parts[c * args.jobs:(c + 1) * args.jobs] for r in part]
-               for c, cell in enumerate(cells)}
     for (kind, level), results in by_cell.items():
         print(row(kind, level, results))
     worst = 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.falsealarms import judge, judge_gauges, row, wilson
+from bench.falsealarms import judge, row, wilson
 
 
 def test_wilson_interval_matches_the_values_worked_by_hand() -> None:
@@ -29,7 +29,7 @@ def test_a_harmless_push_is_judged_by_the_guard() -> None:
 
 
 def test_a_harmless_gauge_push_on_a_nab_series_is_judged_by_the_guard() -> None:
-    [(verdict, wave)] = judge_gauges(("rds_cpu_utilization_cc0c53.csv", [900_001]))
+    [(verdict, wave)] = judge(("gauge", "rds_cpu_utilization_cc0c53.csv", [900_001]))
     assert verdict in {"pass", "fail", "inconclusive"} and wave in {1, 2}
     cells = [c.strip() for c in row("gauge", "rds_cpu", [(verdict, wave)]).strip("|").split("|")]
     assert cells[:3] == ["gauge", "rds_cpu", "1"]
