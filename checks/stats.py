@@ -135,10 +135,9 @@ def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float =
            wander: Uncertain | None = None) -> float:
     """z of `a` after-events against `b` before-events; positive = the bad direction.
     `wander`: the part of `extra` that rests on the wander's estimates."""
-    n = round(a + b)
-    if n <= 0 or xa <= 0 or xb <= 0:
+    n, pi0 = _split(a, xa, b, xb, scale)
+    if n <= 0:
         return 0.0
-    pi0 = scale * xa / (scale * xa + xb)
     z0 = binomial_z(min(round(a), n), n, pi0, bad, mid=mid)
     v0 = poisson_variance(a, xa, b, xb, scale)
     total = phi * v0 + extra
@@ -149,11 +148,17 @@ def rate_z(a: float, xa: float, b: float, xb: float, bad: str, *, scale: float =
 def poisson_variance(a: float, xa: float, b: float, xb: float, scale: float) -> float:
     """The Poisson variance of the log rate ratio of `a` after-events against `b`
     before-events, 1 / (N p (1 - p)) with p the after events' expected share."""
+    n, pi0 = _split(a, xa, b, xb, scale)
+    return 1.0 / (n * pi0 * (1.0 - pi0)) if n > 0 else math.inf
+
+
+def _split(a: float, xa: float, b: float, xb: float, scale: float) -> tuple[int, float]:
+    """(the events before and after, the after events' expected share of them), or
+    (0, 0.0) when there is nothing to compare."""
     n = round(a + b)
     if n <= 0 or xa <= 0 or xb <= 0:
-        return math.inf
-    pi0 = scale * xa / (scale * xa + xb)
-    return 1.0 / (n * pi0 * (1.0 - pi0))
+        return 0, 0.0
+    return n, scale * xa / (scale * xa + xb)
 
 
 def student(z: float, df: float) -> float:
