@@ -146,29 +146,82 @@ def _scenario(name: str, expected: str, severity: str, shape: str, seed: int,
     }
 
 
+DAY = 288  # points of one day of the NAB series (5-minute steps)
+
+
+def _ratio(values: np.ndarray, baseline: int, after: tuple[int, int]) -> float:
+    """The mean of the canary bake's after points over the mean of the baseline's."""
+    return float(values[BEFORE + after[0]:BEFORE + after[1]].mean()
+                 / values[BEFORE - baseline:BEFORE].mean())
+
+
 def swings(nab: Nab, baseline: int = 30, after: tuple[int, int] = (1, 10)) -> np.ndarray:
     """The request count's own swing in every free window: the mean of the canary bake's
     after points (minutes `after` from the push) over the mean of the `baseline` points
     before the push, with no regression."""
     _, values = nab.series[TRAFFIC]
-    out = [values[i0 + BEFORE + after[0]:i0 + BEFORE + after[1]].mean()
-           / values[i0 + BEFORE - baseline:i0 + BEFORE].mean() for i0 in nab.free[TRAFFIC]]
+    return np.array([_ratio(values[i0:i0 + SPAN], baseline, after)
+                     for i0 in nab.free[TRAFFIC]])
+
+
+def stacked_swings(nab: Nab, streams: int, rng: np.random.Generator, baseline: int = 30,
+                   after: tuple[int, int] = (1, 10)) -> np.ndarray:
+    """The same swing for a service with `streams` times the traffic, made of independent
+    streams like this one: every free window summed with `streams - 1` other free windows
+    at the same time of day on other days (a scaled copy of one window, as the benchmark
+    replays it, keeps the swings of a single stream at any traffic level)."""
+    _, values = nab.series[TRAFFIC]
+    free = nab.free[TRAFFIC]
+    out = []
+    for i0 in free:
+        same = free[(free % DAY == i0 % DAY) & (free != i0)]
+        if len(same) < streams - 1:
+            continue
+        picks = [i0, *rng.choice(same, streams - 1, replace=False)]
+        out.append(_ratio(sum(values[j:j + SPAN] for j in picks), baseline, after))
     return np.array(out)
+
+
+def seasonal_swings(nab: Nab, days: int, baseline: int = 30,
+                    after: tuple[int, int] = (1, 10)) -> np.ndarray:
+    """The swing left over by a seasonal reference: every free window's swing over the
+    swing of the same window 1..`days` days earlier (summed), which is what a count check
+    with a seasonal reference expects."""
+    _, values = nab.series[TRAFFIC]
+    out = []
+    for i0 in nab.free[TRAFFIC]:
+        if i0 - days * DAY < 0:
+            continue
+        reference = sum(values[i0 - d * DAY:i0 - d * DAY + SPAN] for d in range(1, days + 1))
+        out.append(_ratio(values[i0:i0 + SPAN], baseline, after)
+                   / _ratio(reference, baseline, after))
+    return np.array(out)
+
+
+def _bound(label: str, r: np.ndarray) -> None:
+    """What a judge that knew the distribution of the swings `r` exactly would catch."""
+    cut = float(np.quantile(r, ALPHA))
+    q = np.quantile(r, [0.01, 0.05, 0.5, 0.95, 0.99])
+    print(f"{label}, {len(r)} windows: after/before quantiles 1/5/50/95/99 % = "
+          f"{' / '.join(f'{x:.2f}' for x in q)}; cut at {ALPHA:g}: {cut:.3f}; a judge "
+          f"that knew these swings catches {np.mean(r * 0.5 < cut):.1%} of halvings, "
+          f"{np.mean(r * 0.8 < cut):.1%} of -20 % drops")
 
 
 def main() -> None:
     """`python -m bench.nab`: how far the NAB request count swings by itself, and what
-    a judge that knew those swings exactly could catch at the canary bake's alpha."""
+    a judge that knew those swings exactly could catch at the canary bake's alpha; then
+    the same with the two remedies an operator would reach for: more traffic of the same
+    kind, and a seasonal reference."""
     nab = Nab(default_root())
     for baseline in (30, 10, 3):
-        r = swings(nab, baseline)
-        cut = float(np.quantile(r, ALPHA))
-        q = np.quantile(r, [0.01, 0.05, 0.5, 0.95, 0.99])
-        print(f"baseline {baseline:2d} min, {len(r)} windows: after/before quantiles "
-              f"1/5/50/95/99 % = {' / '.join(f'{x:.2f}' for x in q)}; "
-              f"cut at {ALPHA:g}: {cut:.3f}; a judge that knew these swings catches "
-              f"{np.mean(r * 0.5 < cut):.1%} of halvings, {np.mean(r * 0.8 < cut):.1%} of "
-              f"-20 % drops")
+        _bound(f"baseline {baseline:2d} min", swings(nab, baseline))
+    rng = np.random.default_rng(0)
+    for streams in (2, 4, 8):
+        _bound(f"{streams} days' streams summed", stacked_swings(nab, streams, rng))
+    for days in (1, 3, 7):
+        _bound(f"seasonal reference of {days} day{'s' if days > 1 else ''}",
+               seasonal_swings(nab, days))
 
 
 if __name__ == "__main__":
