@@ -6,16 +6,26 @@
                       200 {"order": ..., "total_cents": ...}; 400 unknown item or bad
                       quantity; 502 the payment provider declined; 500 a bug
 
-`python3 shop.py --host H --port P --release ID --pid-file FILE` listens on H:P
-with SO_REUSEPORT, so a new release can start beside the old one; it writes
-its pid to FILE once it listens (that is the "I am up" signal bin/activate
-waits for); on SIGTERM it stops accepting, finishes the requests in flight
-and exits.
+`python3 shop.py --host H --port P --release ID --pid-file FILE --handoff SOCK`
+listens on H:P; it writes its pid to FILE once it listens (that is the "I am
+up" signal bin/activate waits for); on SIGTERM it stops accepting, finishes the
+requests in flight and exits.
+
+A new release starts beside the old one and takes over the old one's
+listening socket instead of opening its own: the running shop hands it out
+over the Unix socket SOCK (SCM_RIGHTS), so both accept from one queue while
+they overlap and the old one's exit drops nothing. With two sockets on the
+port (SO_REUSEPORT), the connections that the kernel had already queued on
+the old socket were reset when it closed: about one request per switch.
+Without a running shop (the first start, or after a crash) it binds H:P
+itself (still with SO_REUSEPORT, so that it can start beside a shop that
+does not hand off).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -44,15 +54,89 @@ class Shop(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128  # the listen backlog: bursts wait here, not in SYN retries
 
-    def __init__(self, address: tuple[str, int], release: str) -> None:
+    def __init__(self, address: tuple[str, int], release: str,
+                 inherited: socket.socket | None) -> None:
         self.release = release
         self.orders = itertools.count(1)
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, bind_and_activate=False)
+        if inherited is not None:
+            self.socket.close()
+            self.socket = inherited
+        else:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+        # shared with the other release while both run: whichever loses the race
+        # for a connection gets EAGAIN (ignored by socketserver) instead of blocking
+        self.socket.setblocking(False)
 
     def server_bind(self) -> None:
-        # the old release still listens on this port while the new one starts
+        # a shop that does not hand its socket over may still listen on this port
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+def inherit(handoff: Path, address: tuple[str, int]) -> socket.socket | None:
+    """The running shop's listening socket on `address`, handed over through the Unix
+    socket `handoff`; None when no shop runs there (or it listens elsewhere)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+            unix.settimeout(5.0)
+            unix.connect(str(handoff))
+            _, fds, _, _ = socket.recv_fds(unix, 16, 1)
+    except OSError:  # no file, nobody listening (a crashed shop's file), a timeout
+        return None
+    if not fds:
+        return None
+    inherited = socket.socket(fileno=fds[0])
+    if inherited.getsockname()[:2] != address:
+        inherited.close()
+        return None
+    return inherited
+
+
+class Handoff:
+    """Hands this shop's listening socket to the next release (module doc): a Unix
+    socket at `path`, bound beside it and renamed over it, so the path always names a
+    shop that can answer."""
+
+    def __init__(self, path: Path, listener: socket.socket) -> None:
+        self.path = path
+        self.listener = listener
+        self.unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        fresh = path.with_name(f"{path.name}.{os.getpid()}")
+        fresh.unlink(missing_ok=True)
+        self.unix.bind(str(fresh))
+        self.unix.listen(4)
+        os.replace(fresh, path)
+        self.identity = _identity(path)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.unix.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the new shop gave up waiting
+                socket.send_fds(conn, [b"L"], [self.listener.fileno()])
+
+    def close(self) -> None:
+        """Stop handing out; remove the path unless the next release owns it now."""
+        if _identity(self.path) == self.identity:
+            self.path.unlink(missing_ok=True)
+        self.unix.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -125,21 +209,35 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--release", default=HERE.name)
     parser.add_argument("--pid-file", type=Path, required=True)
+    parser.add_argument("--handoff", type=Path,
+                        help="Unix socket through which releases hand over the listener")
     args = parser.parse_args()
     # blocked here, and so in every thread started from here on: the signals stay
     # pending until sigwait below takes them, whichever thread the kernel picked
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    server = Shop((args.host, args.port), args.release)
+    address = (args.host, args.port)
+    inherited = inherit(args.handoff, address) if args.handoff else None
+    server = Shop(address, args.release, inherited)
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     serving.start()
+    handoff = None
+    if args.handoff:
+        try:
+            handoff = Handoff(args.handoff, server.socket)
+        except OSError as exc:  # a path too long for a Unix socket, say: serve anyway
+            print(f"shop {args.release[:12]}: cannot hand the listener over through "
+                  f"{args.handoff} ({exc}); the next release will bind its own", flush=True)
     args.pid_file.write_text(f"{os.getpid()}\n")
-    print(f"shop {args.release[:12]} (pid {os.getpid()}) listening on "
-          f"{args.host}:{args.port}", flush=True)
+    how = "took over the listener on" if inherited is not None else "listening on"
+    print(f"shop {args.release[:12]} (pid {os.getpid()}) {how} {args.host}:{args.port}",
+          flush=True)
     signal.sigwait(stop)
+    if handoff is not None:
+        handoff.close()
     server.shutdown()
     serving.join()
-    server.server_close()
+    server.server_close()  # the listener lives on in the next release, if one took it
     print(f"shop {args.release[:12]} (pid {os.getpid()}) stopped", flush=True)
 
 
