@@ -81,7 +81,9 @@ class EventTail:
             try:
                 answer = self.api.call("GET", f"/v1/events?after={self.after}&limit=500")
             except ClientError as exc:
-                if not self._failing:
+                # once stopping, the daemon may already be gone (a second signal can cut
+                # stop() short of joining this thread): that is not news
+                if not self._failing and not self._stop.is_set():
                     self.screen.say("bad", f"cannot read the audit log: {exc}")
                 self._failing = True
                 return
