@@ -116,6 +116,8 @@ class HostRun:
         await self._end()
         await self._upload_and_unpack(release, need=lines[-1:] == ["need"])
         await self._begin("switch")
+        # cut short mid-switch, either release may be live: the record keeps the old one
+        self.live = None
         await self._run(remote.SWITCH, self.path, release.id)
         self.live = release.id
         await self._end()

@@ -89,7 +89,8 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
         _P.PLANNED: frozenset({_P.DEPLOYING, _P.ABORTED, _P.INTERRUPTED}),
         _P.DEPLOYING: frozenset({_P.BAKING, _P.FAILED, _P.ABORTED, _P.INTERRUPTED}),
         _P.BAKING: frozenset({_P.DEPLOYING, _P.PASSED, _P.FAILED, _P.INTERRUPTED}),
-        _P.FAILED: frozenset({_P.ROLLED_BACK}),
+        # a rollback under way ends rolled back, or interrupted (`recovery.interrupt`)
+        _P.FAILED: frozenset({_P.ROLLED_BACK, _P.INTERRUPTED}),
         _P.PASSED: frozenset(),
         _P.ROLLED_BACK: frozenset(),
         _P.INTERRUPTED: frozenset(),

@@ -14,6 +14,7 @@ into an `interrupted` push and a halted queue at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from daemon.store import Store
 log = logging.getLogger("pushguard.pusher")
 ACTOR = "pusher"
 ROLLBACK_WAVE = 0  # host results of a rollback are recorded as wave 0
+INTERRUPT_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds between tries to record one
+INTERRUPT_WAIT = 15.0  # seconds stop() waits for an interruption to be recorded
 
 
 class Stopping(Exception):
@@ -102,6 +105,7 @@ class Pusher:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._interrupting: asyncio.Future[None] | None = None
 
     # -- asking for a push ---------------------------------------------------
 
@@ -112,8 +116,16 @@ class Pusher:
     async def request(self, trigger: Trigger, actor: str, *, normal_allowed: bool) -> Push | None:
         """Claim the next batch and start pushing it; Busy if a push is running.
 
-        Returns the new push, or None when nothing may go out now.
+        Returns the new push, or None when nothing may go out now. The claim and the
+        task that owns its push are one step, shielded from the caller: a caller
+        cancelled in between (the scheduler's shutdown cancels a running job) must not
+        leave a claimed push without a task, which start-up would find interrupted.
         """
+        inner = asyncio.ensure_future(self._request(trigger, actor, normal_allowed))
+        inner.add_done_callback(_retrieve)
+        return await asyncio.shield(inner)
+
+    async def _request(self, trigger: Trigger, actor: str, normal_allowed: bool) -> Push | None:
         async with self._lock:
             if self._stopping.is_set():
                 raise Busy("the daemon is stopping")
@@ -125,6 +137,11 @@ class Pusher:
                                           normal_allowed=normal_allowed, trigger=trigger,
                                           actor=actor, now=self.clock())
             if push is None:
+                return None
+            if self._stopping.is_set():  # stop() began during the claim: give it back
+                await self.store.finish_push(push.id, PushState.ABORTED, ChangeState.APPROVED,
+                                             ACTOR, "postponed: the daemon is stopping",
+                                             self.clock())
                 return None
             self.progress = Progress(push=push.id)
             self._task = asyncio.create_task(self._run(push), name=f"push {push.id}")
@@ -150,12 +167,17 @@ class Pusher:
         A push that cannot finish is recorded as interrupted and the queue halted.
         """
         self._stopping.set()
-        if self._task is None or self._task.done():
-            return
-        _done, pending = await asyncio.wait({self._task}, timeout=grace)
-        if pending:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace), self._lock:
+                pass  # a claim under way ends first: with its task, or given back
+        if self._task is not None and not self._task.done():
+            _done, pending = await asyncio.wait({self._task}, timeout=grace)
+            if pending:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        if self._interrupting is not None and not self._interrupting.done():
+            # recording the interruption outlives the cancelled task (it is shielded)
+            await asyncio.wait({self._interrupting}, timeout=INTERRUPT_WAIT)
 
     # -- one push --------------------------------------------------------------
 
@@ -163,12 +185,16 @@ class Pusher:
         try:
             await self._push(push)
         except (Stopping, asyncio.CancelledError):
-            await asyncio.shield(self._interrupt(push.id, "the daemon stopped during the push"))
+            await self._record_interrupt(push.id, "the daemon stopped during the push")
         except Exception as exc:
             log.exception("push %d crashed", push.id)
-            await asyncio.shield(self._interrupt(push.id, f"internal error: {exc}"))
+            await self._record_interrupt(push.id, f"internal error: {exc}")
         finally:
             self.progress = None
+
+    async def _record_interrupt(self, push_id: int, why: str) -> None:
+        self._interrupting = asyncio.ensure_future(self._interrupt(push_id, why))
+        await asyncio.shield(self._interrupting)
 
     async def _push(self, push: Push) -> None:
         started = self.clock()
@@ -390,11 +416,14 @@ class Pusher:
             return
         changes = [await self.store.get_change(cid) for cid in push.changes]
         irreversible = any(c.rollback == Rollback.NEVER for c in changes)
-        if self.config.deploy.on_regression == "rollback" and not irreversible:
+        rollback = (self.config.deploy.on_regression == "rollback"
+                    and failure.verdict == Verdict.FAIL)
+        if rollback and not irreversible:
             await self._roll_back(push, release, failure, touched)
             return
-        why = failure.reason + (" (irreversible change: not rolled back)"
-                                if self.config.deploy.on_regression == "rollback" else "")
+        # an inconclusive bake (the metrics unavailable, say) is no evidence against the
+        # change: it halts for a person instead of reverting a change that may be fine
+        why = failure.reason + (" (irreversible change: not rolled back)" if rollback else "")
         halt = f"push {push.id} failed: {why}"
         final = await self.store.finish_push(push.id, PushState.FAILED, ChangeState.FAILED,
                                              ACTOR, why, now, halt=halt, verdict=failure.verdict)
@@ -405,8 +434,10 @@ class Pusher:
                          touched: list[HostConfig]) -> None:
         """Record the verdict, roll the touched hosts back, then record the outcome.
 
-        The changes stay `pushing` until the hosts are back, so a crash in the
-        middle leaves them stranded for `recover` to find, never `reverted` early.
+        The push is `failed` but unfinished (no `finished_at`) and its changes stay
+        `pushing` until the hosts are back, so a crash or an error in the middle
+        leaves a push that `interrupt` (or `recover` at start-up) ends as
+        interrupted, with the queue halted, never `reverted` early.
         """
         failed = await self.store.transition_push(push.id, PushState.FAILED, ACTOR,
                                                   failure.reason, self.clock(),
@@ -457,13 +488,30 @@ class Pusher:
             self.webhooks.emit("resumed", reason, {"push": push.id})
 
     async def _interrupt(self, push_id: int, why: str) -> None:
-        """Record a push that cannot finish as interrupted and halt the queue."""
-        try:
-            await interrupt(self.store, push_id, why, self.clock())
-            self.webhooks.emit("interrupted", f"push {push_id} interrupted: {why}",
-                               {"push": push_id})
-        except Exception:
-            log.exception("could not record push %d as interrupted", push_id)
+        """Record a push that cannot finish as interrupted and halt the queue.
+
+        Retried for about a minute (a backup or a person's sqlite3 shell may hold the
+        store's lock longer than its busy timeout); until it lands the push stays
+        unfinished in the store, so no other push may start. While the daemon stops,
+        two tries: start-up recovery finishes the job."""
+        for attempt, pause in enumerate((0.0, *INTERRUPT_RETRIES)):
+            if attempt >= 2 and self._stopping.is_set():
+                break
+            await asyncio.sleep(pause)
+            try:
+                recorded = await interrupt(self.store, push_id, why, self.clock())
+            except Exception:
+                log.exception("could not record push %d as interrupted (try %d)", push_id,
+                              attempt + 1)
+                continue
+            if recorded:
+                self.webhooks.emit("interrupted", f"push {push_id} interrupted: {why}",
+                                   {"push": push_id})
+                self.webhooks.emit("halted", f"queue halted: push {push_id} interrupted: "
+                                   f"{why}", {"push": push_id, "reason": why})
+            return
+        log.critical("push %d could not be recorded as interrupted; no push can start until "
+                     "the store answers and the daemon restarts (start-up recovery)", push_id)
 
 
 def _host_result(push_id: int, wave: int, outcome: HostOutcome) -> HostResult:
@@ -480,3 +528,10 @@ def _describe(outcome: HostOutcome) -> str:
     if outcome.stderr_tail:
         text += f": {outcome.stderr_tail.strip().splitlines()[-1][:200]}"
     return text
+
+
+def _retrieve(task: asyncio.Future[Push | None]) -> None:
+    """Take a shielded request's outcome when its caller was cancelled (no "exception
+    was never retrieved" warning for a Busy nobody waits for)."""
+    if not task.cancelled():
+        task.exception()

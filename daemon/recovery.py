@@ -18,22 +18,34 @@ from daemon.models import ChangeState, PushState
 from daemon.store import Store
 
 
-async def interrupt(store: Store, push_id: int, why: str, now: datetime) -> None:
+async def interrupt(store: Store, push_id: int, why: str, now: datetime) -> bool:
     """Mark an unfinished push `interrupted`; its changes go back to the queue if no
-    host was touched, else to `failed`; the queue halts with a reason to act on."""
+    host was touched, else to `failed`; the queue halts with a reason to act on.
+
+    A failed push whose rollback did not end (no `finished_at`) is unfinished too:
+    its hosts may run either release, so its changes fail and the queue halts.
+    Returns False (and changes nothing) for a push that has ended."""
     results = await store.host_results(push_id)
     touched = sorted({r.host for r in results if r.step not in ("connect",)})
     last = results[-1] if results else None
     where = f" at {last.step} on {last.host}" if last else " before any host was touched"
     change_to = ChangeState.FAILED if touched else ChangeState.APPROVED
     push = await store.get_push(push_id)
-    if push.state not in (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING):
-        return
+    rolling_back = push.state == PushState.FAILED and push.finished_at is None
+    if push.state not in (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING) \
+            and not rolling_back:
+        return False
     hosts = ", ".join(touched) if touched else "none"
+    reason = f"{why}{where}"
+    if rolling_back:
+        reason = f"{push.reason}; the rollback was interrupted{where}: {why}"
+        where = f" while rolling back{where}"
+        change_to = ChangeState.FAILED
     await store.finish_push(
-        push_id, PushState.INTERRUPTED, change_to, "pusher", f"{why}{where}", now,
+        push_id, PushState.INTERRUPTED, change_to, "pusher", reason, now,
         halt=f"push {push_id} was interrupted{where} ({why}); hosts touched: {hosts}. Check "
         f"what runs where (GET /v1/hosts), then resume or push a fix")
+    return True
 
 
 async def recover(store: Store, fleet: Fleet, hosts: Sequence[HostConfig], now: datetime,

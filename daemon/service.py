@@ -229,18 +229,22 @@ class Service:
             await asyncio.sleep(EXPEDITE_POLL)
             if self.pusher.busy:
                 continue
-            if self._owed_slot:
-                self._owed_slot = False
-                await self._tick(self.clock())
-                continue
             try:
+                if self._owed_slot:
+                    self._owed_slot = False
+                    try:
+                        await self._tick(self.clock())
+                    except Exception:
+                        self._owed_slot = True  # still owed: the next round takes it
+                        raise
+                    continue
                 waiting = await self.store.list_changes(ChangeState.APPROVED, limit=1000)
                 if any(change.expedite for change in waiting):
                     await self.pusher.request(Trigger.EXPEDITE, "expedite",
                                               normal_allowed=False)
             except Busy:
                 continue
-            except Exception:
+            except Exception:  # the store locked, say: the next round tries again
                 log.exception("expedite poller: could not start a push")
 
     def _window_open(self) -> bool:

@@ -47,6 +47,10 @@ log = logging.getLogger("pushguard.transitions")
 
 _TABLES = {"change": "changes", "push": "pushes", "queue": "control"}
 UNFINISHED = (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING)
+# the pushes that have not ended: the states above, and a failed push whose rollback is
+# still under way (the verdict is recorded first, `finished_at` only at the end)
+_UNFINISHED_SQL = (f"(state IN ({', '.join(repr(str(s)) for s in UNFINISHED)})"
+                   " OR (state = 'failed' AND finished_at IS NULL))")
 
 
 @contextlib.contextmanager
@@ -102,7 +106,7 @@ class Store:
             db.execute("PRAGMA busy_timeout = 5000")
             db.enable_wal()
             db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA synchronous = FULL")  # a halt or a failed push survives a power cut
             _migrate(db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}", path=str(self.path)) \
@@ -376,9 +380,7 @@ def claim(db: Database, batch_size: int, normal_allowed: bool, trigger: Trigger,
     """
     with write(db):
         running = db.execute(
-            f"SELECT id FROM pushes WHERE state IN ({','.join('?' * len(UNFINISHED))})",
-            [str(s) for s in UNFINISHED],
-        ).fetchone()
+            f"SELECT id FROM pushes WHERE {_UNFINISHED_SQL} ORDER BY id").fetchone()
         if running is not None:
             raise Busy(f"push {running[0]} is still running", push=running[0])
         stopped = control(db).state != QueueState.RUNNING
@@ -416,18 +418,20 @@ def transition_push(db: Database, push_id: int, to: PushState, actor: str, reaso
                     now: datetime, fields: dict[str, Any]) -> Push:
     with write(db):
         _transition(db, "push", push_id, to, actor, reason, now, push_id,
-                    _push_fields(to, reason, now, fields))
+                    _push_fields(reason, fields))
     return get_push(db, push_id)
 
 
-def _push_fields(to: PushState, reason: str, now: datetime,
-                 fields: dict[str, Any]) -> dict[str, Any]:
+def _push_fields(reason: str, fields: dict[str, Any],
+                 finished: datetime | None = None) -> dict[str, Any]:
+    """The push's columns to set; `finished` only when the push ends (`finish_push`): a
+    push moved to `failed` before its rollback has not ended, and /metrics counts a push
+    once, in its end state, when it ends."""
     out = {k: (str(v) if v is not None else None) for k, v in fields.items()}
     if reason:
         out["reason"] = reason
-    if to in (PushState.PASSED, PushState.FAILED, PushState.ROLLED_BACK, PushState.INTERRUPTED,
-              PushState.ABORTED):
-        out["finished_at"] = iso(now)
+    if finished is not None:
+        out["finished_at"] = iso(finished)
     return out
 
 
@@ -438,7 +442,7 @@ def finish_push(db: Database, push_id: int, to: PushState, change_to: ChangeStat
     `halt` as the reason when given, in one transaction."""
     with write(db):
         _transition(db, "push", push_id, to, actor, reason, now, push_id,
-                    _push_fields(to, reason, now, fields))
+                    _push_fields(reason, fields, now))
         for (change_id,) in db.execute(
             "SELECT change_id FROM push_changes WHERE push_id = ? ORDER BY change_id", [push_id]
         ).fetchall():
@@ -470,9 +474,7 @@ def list_pushes(db: Database, limit: int, before: int | None) -> list[Push]:
 
 
 def unfinished_pushes(db: Database) -> list[Push]:
-    rows = db.query(
-        f"SELECT * FROM pushes WHERE state IN ({','.join('?' * len(UNFINISHED))}) ORDER BY id",
-        [str(s) for s in UNFINISHED])
+    rows = db.query(f"SELECT * FROM pushes WHERE {_UNFINISHED_SQL} ORDER BY id")
     return [records.push(row, _push_change_ids(db, int(row["id"]))) for row in rows]
 
 
@@ -528,7 +530,8 @@ def record_live(db: Database, host: str, release: str | None, outcome: str,
         row = db.execute("SELECT live_release FROM hosts WHERE name = ?", [host]).fetchone()
         known = row is not None
         old = row[0] if row else None
-        if outcome == "ok":
+        if outcome == "ok" or release is not None:
+            # a host that failed after its switch (activate, health) runs the new release
             db.execute(
                 "INSERT INTO hosts (name, live_release, checked_at, last_outcome, last_push)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
