@@ -6,8 +6,9 @@ bound parameters for identifiers (measurement, field and tag-key names:
 "found ..., expected identifier"), so identifiers are double-quoted with `\\`
 and `"` escaped; config.toml already restricts them to letters, digits and
 `_ . -`. Answers use `epoch=ms`; an `error` in any `results[i]` is a
-failure even on HTTP 200. Timeouts, refused connections and error answers
-raise `CheckError`.
+failure even on HTTP 200, and so is `partial` on a result or a series (the
+server's `max-row-limit` cut the statement short). Timeouts, refused
+connections, error answers and partial answers raise `CheckError`.
 
 A raw `query` template of a check may use `{start}` and `{stop}` (bound as
 `$start`, `$stop`) and `{interval}` (the GROUP BY duration, e.g. `30s`); its
@@ -114,7 +115,7 @@ class InfluxQLSource:
                      *, slower_than: float | None = None) -> Series:
         texts, params = statements(check, step, slower_than)
         params.update(start=_rfc3339(start), stop=_rfc3339(stop))
-        results = await self._query(";\n".join(texts), params)
+        results = await self._query(texts, params)
         rows: Rows = {}
         quantile: float | None = None
         wanted = columns(check)
@@ -140,8 +141,9 @@ class InfluxQLSource:
                       columns=cols, quantile=quantile,
                       queries=tuple(resolve(t, params) for t in texts))
 
-    async def _query(self, q: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        form = {"q": q, "db": self._config.database, "epoch": "ms", "params": json.dumps(params)}
+    async def _query(self, texts: list[str], params: dict[str, Any]) -> list[dict[str, Any]]:
+        form = {"q": ";\n".join(texts), "db": self._config.database, "epoch": "ms",
+                "params": json.dumps(params)}
         url = f"{self._config.url}/query"
         try:
             async with self._http().post(url, data=form) as answer:
@@ -163,6 +165,12 @@ class InfluxQLSource:
             if result.get("error"):
                 raise CheckError(f"InfluxDB statement {i + 1} failed: {result['error']}",
                                  url=url, statement=i + 1)
+            # e.g. the server's max-row-limit cut it short: missing rows would read as
+            # intervals without data, so the check cannot judge
+            if result.get("partial") or any(s.get("partial") for s in result.get("series") or []):
+                text = resolve(texts[i], params) if i < len(texts) else "?"
+                raise CheckError(f"InfluxDB answered statement {i + 1} only in part "
+                                 f"(partial): {text}", url=url, statement=i + 1)
         return results
 
     async def write_marker(self, *, push_id: int, release: str, phase: str,

@@ -40,8 +40,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncssh
@@ -116,7 +117,8 @@ class Fleet:
             self._http = None
 
     async def _fan_out(self, hosts: Sequence[HostConfig], on_step: StepCallback | None,
-                       work: Callable[[HostRun], Awaitable[None]]) -> list[HostOutcome]:
+                       work: Callable[[HostRun], Coroutine[Any, Any, None]]
+                       ) -> list[HostOutcome]:
         try:
             options = await asyncio.to_thread(self._connect_options)
         except (OSError, ValueError, asyncssh.Error) as exc:

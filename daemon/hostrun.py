@@ -17,8 +17,9 @@ import math
 import secrets
 import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncssh
@@ -84,19 +85,16 @@ class HostRun:
         self.started = self.step_started = self.clock()
         self.deadline = self.started + deploy.host_timeout.total_seconds()
 
-    async def within_deadline(self, work: Callable[[HostRun], Awaitable[None]]) -> HostOutcome:
+    async def within_deadline(self, work: Callable[[HostRun], Coroutine[Any, Any, None]]
+                              ) -> HostOutcome:
         """Run `work` under the host deadline; always return this host's outcome.
 
-        A step callback that raises fails the host at that step.
+        A step callback that raises fails the host at that step. At the deadline, or
+        when the call is cancelled, the connection is aborted before anything else
+        waits on the host, so a frozen host holds nothing open past its deadline.
         """
         try:
-            async with asyncio.timeout_at(self.deadline):
-                try:
-                    await work(self)
-                except BaseException:
-                    # abort, not close: a frozen peer would hold a clean close open
-                    self._abort()
-                    raise
+            await self._bounded(work)
             await self._close()
         except StepError as exc:
             return await self._finish(exc.outcome, exc.exit_status, exc.stderr_tail)
@@ -108,6 +106,24 @@ class HostRun:
             log.exception("host %s: unexpected error in %s", self.host.name, self.step)
             return await self._finish(Outcome.FAILED, None, describe(exc))
         return await self._finish(self.final, None, "")
+
+    async def _bounded(self, work: Callable[[HostRun], Coroutine[Any, Any, None]]) -> None:
+        """Run `work` until the deadline; when it fails, times out or is cancelled, abort
+        the connection before anything else waits on the host."""
+        task = asyncio.create_task(work(self), name=f"host {self.host.name}")
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                # shielded, so that a cancel reaches here before the work's own
+                # clean-ups: asyncssh's put() and SFTP exit wait on the peer for a
+                # clean close, which a frozen peer holds open until the keepalive gives up
+                await asyncio.shield(task)
+        except BaseException:
+            self._abort()  # fails every request still waiting on this connection
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # the failure is the one raised here, or the deadline
+            raise
 
     async def deploy(self, release: Release, exports: str) -> None:
         await self._connect()
@@ -284,12 +300,14 @@ class HostRun:
 
     async def _close(self) -> None:
         """Disconnect cleanly, but never wait more than CLOSE_GRACE for it."""
-        if self.conn is not None:
-            self.conn.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_GRACE):
-                    await self.conn.wait_closed()
-        self._abort()
+        try:
+            if self.conn is not None:
+                self.conn.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        await self.conn.wait_closed()
+        finally:
+            self._abort()  # a cancel during the grace must not leave the socket open
 
     def _abort(self) -> None:
         if self.conn is not None:

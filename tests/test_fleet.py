@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from asyncssh.sftp import SFTPClientHandler
 
 from daemon.fleet import Fleet
 from daemon.hostrun import HostOutcome
@@ -206,6 +208,50 @@ async def test_frozen_host_times_out_within_its_deadline_and_the_wave_ends(
     assert bound <= results["host4"].seconds < bound + 1.0
     assert elapsed < deadline + 2.0  # the wave ends with its slowest deadline
     assert {r.outcome for name, r in results.items() if name != "host4"} == {Outcome.OK}
+
+
+@pytest.mark.parametrize("end", ["deadline", "cancel"])
+async def test_host_frozen_mid_upload_ends_at_its_deadline_or_when_cancelled(
+    ssh_fleet: SshFleet, app_repo: AppRepo, make_fleet: MakeFleet,
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    # the default keepalive (15 s) would notice the frozen peer only after 45 s or more
+    deadline = 2.0 if end == "deadline" else 30.0
+    fleet = make_fleet(host_timeout=timedelta(seconds=deadline))
+    host = ssh_fleet.host("host5")
+    froze = asyncio.Event()
+    write = SFTPClientHandler.write
+
+    async def write_then_freeze(handler: SFTPClientHandler, handle: bytes, offset: int,
+                                data: bytes) -> int:
+        if not froze.is_set():
+            host.freeze()  # the remote file is open and the first bytes are on their way
+            froze.set()
+        return await write(handler, handle, offset, data)
+
+    monkeypatch.setattr(SFTPClientHandler, "write", write_then_freeze)
+    started = time.monotonic()
+    call = asyncio.create_task(fleet.deploy([host.host_config()], app_repo.releases[0],
+                                            env=ENV))
+    try:
+        await asyncio.wait_for(froze.wait(), 10)
+        if end == "cancel":
+            call.cancel()
+            started = time.monotonic()
+        await asyncio.wait({call}, timeout=(deadline if end == "deadline" else 0) + 3.0)
+        elapsed = time.monotonic() - started
+        finished = call.done()
+    finally:
+        host.thaw()  # the call that still waits on the frozen host can now end
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(call, 60)
+    assert finished, f"the call was still running after {elapsed:.1f}s"
+    if end == "cancel":
+        assert call.cancelled() and elapsed < 1.0
+        return
+    result = call.result()[0]
+    assert (result.outcome, result.step) == (Outcome.TIMEOUT, "upload")
+    assert deadline <= result.seconds < deadline + 1.0 and elapsed < deadline + 1.5
 
 
 def _processes_with(marker: str) -> list[int]:

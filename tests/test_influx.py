@@ -178,6 +178,34 @@ async def test_v1_slow_server_times_out(aiohttp_server: ServerFactory) -> None:
         await source.close()
 
 
+@pytest.mark.parametrize("where", ["result", "series"])
+async def test_v1_partial_answer_is_a_check_error_naming_the_statement(
+        aiohttp_server: ServerFactory, where: str) -> None:
+    # what influxd sends when its max-row-limit cuts a raw-points query short
+    serie: dict[str, Any] = {"name": "http", "columns": ["time", "all"],
+                             "values": [[ms(T0), 3], [ms(T0 + STEP), 4]]}
+    result: dict[str, Any] = {"statement_id": 1, "series": [serie]}
+    (result if where == "result" else serie)["partial"] = True
+
+    async def answer(request: web.Request) -> web.Response:
+        ok = {"statement_id": 0, "series": [{"name": "http", "columns": ["time", "all"],
+                                             "values": [[ms(T0), 10]]}]}
+        return web.json_response({"results": [ok, result]})
+
+    app = web.Application()
+    app.router.add_post("/query", answer)
+    server = await aiohttp_server(app)
+    source = open_source(v1_config(str(server.make_url("")).rstrip("/"), "x"))
+    spec = check(Kind.LATENCY, field="ms", latency_mode="threshold")
+    try:
+        with pytest.raises(CheckError, match=r"statement 2 .*partial") as caught:
+            await source.series(spec, T0, T0 + 2 * STEP, STEP, slower_than=250.0)
+    finally:
+        await source.close()
+    assert 'count("ms") AS "slow"' in str(caught.value)
+    assert caught.value.details["statement"] == 2
+
+
 async def test_v1_deploy_marker_is_a_tagged_point(influxd: Influxd,
                                                   influx_config: InfluxConfig) -> None:
     source = open_source(influx_config)
