@@ -344,7 +344,17 @@ def list_changes(db: Database, state: ChangeState | None, limit: int, after: int
 
 
 def approve(db: Database, change_id: int, approver: str, now: datetime) -> Change:
+    """Approve a `pending` change; InvalidTransition from any other state.
+
+    The table also allows `pushing -> approved` (the pusher's postponed or
+    aborted pushes) and `failed`/`reverted -> approved` (the requeue path);
+    neither is an approval, so the state is checked here, in the same
+    transaction as the change.
+    """
     with write(db):
+        state = get_change(db, change_id).state
+        if state != ChangeState.PENDING:
+            raise InvalidTransition("change", change_id, state, ChangeState.APPROVED)
         _transition(db, "change", change_id, ChangeState.APPROVED, approver,
                     f"approved by {approver}", now,
                     fields={"approved_by": approver, "approved_at": iso(now)})
@@ -443,9 +453,17 @@ def finish_push(db: Database, push_id: int, to: PushState, change_to: ChangeStat
             "SELECT change_id FROM push_changes WHERE push_id = ? ORDER BY change_id", [push_id]
         ).fetchall():
             state = get_change(db, change_id).state
-            if state != change_to and allowed("change", state, change_to):
+            if state == ChangeState.PUSHING and allowed("change", state, change_to):
                 _transition(db, "change", change_id, change_to, actor,
                             f"push {push_id} {to}", now, push_id)
+            else:
+                # only recovery moves a change out of `pushing` behind its push's back;
+                # ending the push must not fail over it, but it must not pass unseen
+                log.warning("push %s %s: change %s is %s, not pushing; left %s, not moved to %s",
+                            push_id, to, change_id, state, state, change_to,
+                            extra={"entity": "change", "entity_id": str(change_id),
+                                   "from_state": str(state), "to_state": str(change_to),
+                                   "actor": actor, "why": "not pushing", "push": push_id})
         if halt is not None:
             set_queue(db, QueueState.HALTED, actor, halt, now, push_id, ())
     return get_push(db, push_id)

@@ -240,3 +240,20 @@ async def test_openapi_document_validates_and_covers_every_route(env: Env) -> No
     assert doc["info"]["version"] == "1.2.3-test"
     assert doc["paths"]["/v1/pause"]["post"]["security"] == [{"bearer": []}]
     assert doc["paths"]["/v1/status"]["get"]["security"] == []
+
+
+async def test_a_change_being_pushed_cannot_be_approved_or_cancelled(env: Env) -> None:
+    cid = await approved_change(env, 1)
+    _, push = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    for action in ("approve", "cancel"):
+        status, body = await env.call("POST", f"/v1/changes/{cid}/{action}", token=DEPLOY)
+        assert status == 422 and body["error"]["code"] == "invalid_transition", (action, body)
+        assert body["error"]["details"]["from_state"] == "pushing"
+    assert (await env.call("GET", f"/v1/changes/{cid}"))[1]["state"] == "pushing"
+    env.control.running = None
+    await drive_push(env.store, env.clock, push["id"], verdict=Verdict.FAIL)
+    # a failed change goes out again only through the requeue path, not by approving it
+    status, body = await env.call("POST", f"/v1/changes/{cid}/approve", token=DEPLOY)
+    assert status == 422 and body["error"]["details"]["from_state"] == "failed"
+    status, body = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    assert status == 409 and body["error"]["code"] == "nothing_to_push"

@@ -160,3 +160,21 @@ async def test_strings_are_stored_literally(store: Store) -> None:
     again = await store.get_change(change.id)
     assert again.title == title and again.author == "Robert'); --"
     assert again.rollback == Rollback.NEVER
+
+
+async def test_ending_a_push_says_so_when_a_change_is_not_pushing(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    change = await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
+    await store.approve(change.id, "bob", NOW)
+    push = await store.claim(batch_size=1, normal_allowed=True, trigger=Trigger.SCHEDULE,
+                             actor="schedule", now=NOW)
+    assert push is not None
+    await store.transition_change(change.id, ChangeState.FAILED, "recovery", "stranded", NOW,
+                                  push.id)
+    await store.transition_push(push.id, PushState.DEPLOYING, "pusher", "", NOW)
+    await store.transition_push(push.id, PushState.BAKING, "pusher", "", NOW)
+    with caplog.at_level("WARNING", logger="pushguard.transitions"):
+        await store.finish_push(push.id, PushState.PASSED, ChangeState.LIVE, "pusher", "", NOW)
+    assert (await store.get_change(change.id)).state == ChangeState.FAILED
+    assert any(f"change {change.id} is failed, not pushing" in r.getMessage()
+               for r in caplog.records)
