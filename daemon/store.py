@@ -203,7 +203,8 @@ class Store:
         return await self.call(last_finished_push)
 
     async def last_restored(self) -> datetime | None:
-        """When the queue last went from halted back to running, if ever."""
+        """When the queue last ran again after a halt (directly or through a pause), if ever;
+        None while it is still stopped by the latest halt."""
         return await self.call(last_restored)
 
     async def host_step_started(self, push_id: int, host: str, wave: int, step: str,
@@ -510,9 +511,12 @@ def last_finished_push(db: Database) -> Push | None:
 
 
 def last_restored(db: Database) -> datetime | None:
-    rows = list(db.query("SELECT at FROM events WHERE entity = 'queue' AND to_state = ? "
-                         "AND from_state = ? ORDER BY id DESC LIMIT 1",
-                         [QueueState.RUNNING.value, QueueState.HALTED.value]))
+    """When the latest halt ended: the first move to running after the latest halt,
+    whatever came between (a person's pause over the halt included)."""
+    rows = list(db.query(
+        "SELECT at FROM events WHERE entity = 'queue' AND to_state = ? AND id > "
+        "(SELECT MAX(id) FROM events WHERE entity = 'queue' AND to_state = ?) "
+        "ORDER BY id LIMIT 1", [QueueState.RUNNING.value, QueueState.HALTED.value]))
     return datetime.fromisoformat(rows[0]["at"]) if rows else None
 
 
@@ -606,15 +610,24 @@ def control(db: Database) -> Control:
 
 def set_queue(db: Database, to: QueueState, actor: str, reason: str, now: datetime,
               push_id: int | None, expect: tuple[QueueState, ...]) -> bool:
+    """Move the queue to `to`; False (nothing written) when it is not in `expect`
+    or already there (a halt may be recorded again).
+
+    A pause over a halt keeps `halted_by_push`: the halt is not over until the
+    line runs again, and what it drives (the expedited fix's baseline, the
+    settling wait after it) must survive a person's pause in between.
+    """
     with write(db):
-        current = control(db).state
+        before = control(db)
+        current = before.state
         if expect and current not in expect:
             return False
         if current == to and to != QueueState.HALTED:
             return False
+        halted_by = push_id if to == QueueState.HALTED \
+            else before.halted_by_push if to == QueueState.PAUSED else None
         _transition(db, "queue", 1, to, actor, reason, now, push_id, {
-            "reason": reason, "since": iso(now),
-            "halted_by_push": push_id if to == QueueState.HALTED else None})
+            "reason": reason, "since": iso(now), "halted_by_push": halted_by})
     return True
 
 

@@ -257,3 +257,22 @@ async def test_a_change_being_pushed_cannot_be_approved_or_cancelled(env: Env) -
     assert status == 422 and body["error"]["details"]["from_state"] == "failed"
     status, body = await env.call("POST", "/v1/pushes", token=DEPLOY)
     assert status == 409 and body["error"]["code"] == "nothing_to_push"
+
+
+async def test_a_pause_over_a_halt_keeps_the_halt(env: Env) -> None:
+    cid = await approved_change(env, 1)
+    _, push = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    await drive_push(env.store, env.clock, push["id"], verdict=Verdict.FAIL)
+    env.control.running = None
+    await env.store.set_queue(QueueState.HALTED, "pusher", f"push {push['id']} failed",
+                              env.clock(), push["id"])
+    status, control = await env.call("POST", "/v1/pause", token=DEPLOY,
+                                     json={"reason": "looking"})
+    assert status == 200 and control["state"] == "paused"
+    assert control["halted_by_push"] == push["id"]
+    assert (await env.call("GET", f"/v1/changes/{cid}"))[1]["state"] == "failed"
+    env.clock.advance(60)
+    status, control = await env.call("POST", "/v1/resume", json={"reason": "ok"})
+    assert status == 200 and control["state"] == "running"
+    assert control["halted_by_push"] is None
+    assert await env.store.last_restored() == env.clock()  # the settling wait starts now
