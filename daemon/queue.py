@@ -37,15 +37,20 @@ class Queue:
         self.repo = repo
 
     async def enqueue(self, ref: str, title: str, author: str, now: datetime,
-                      rollback: Rollback = Rollback.AUTO) -> Change:
+                      rollback: Rollback = Rollback.AUTO, *, actor: str | None = None) -> Change:
+        """Add `ref` as a pending change by `author`; the audit log names `actor`
+        (who asked, e.g. the API token), or the author when no actor is given."""
         title = _clean_text("title", title, MAX_TITLE)
         author = _clean_text("author", author, MAX_NAME)
         commit = await resolve_ref(self.repo, ref)
-        return await self.store.add_change(commit, title, author, rollback, now)
+        return await self.store.add_change(commit, title, author, rollback, now, actor)
 
-    async def approve(self, change_id: int, approver: str, now: datetime) -> Change:
+    async def approve(self, change_id: int, approver: str, now: datetime, *,
+                      actor: str | None = None) -> Change:
+        """Record `approver` as the change's approver; the audit log names `actor`
+        (who asked, e.g. the API token), or the approver when no actor is given."""
         approver = _clean_text("approver", approver, MAX_NAME)
-        return await self.store.approve(change_id, approver, now)
+        return await self.store.approve(change_id, approver, now, actor)
 
     async def cancel(self, change_id: int, actor: str, reason: str, now: datetime) -> Change:
         return await self.store.transition_change(

@@ -141,8 +141,10 @@ class Store:
         return await self.call(lambda db: str(db.execute("PRAGMA journal_mode").fetchone()[0]))
 
     async def add_change(self, ref: str, title: str, author: str, rollback: Rollback,
-                         now: datetime) -> Change:
-        return await self.call(add_change, ref, title, author, rollback, now)
+                         now: datetime, actor: str | None = None) -> Change:
+        """Add a pending change; the event names `actor` (who asked: the API token's
+        name), the author when no actor is given."""
+        return await self.call(add_change, ref, title, author, rollback, now, actor)
 
     async def get_change(self, change_id: int) -> Change:
         return await self.call(get_change, change_id)
@@ -151,8 +153,11 @@ class Store:
                            after: int = 0) -> list[Change]:
         return await self.call(list_changes, state, limit, after)
 
-    async def approve(self, change_id: int, approver: str, now: datetime) -> Change:
-        return await self.call(approve, change_id, approver, now)
+    async def approve(self, change_id: int, approver: str, now: datetime,
+                      actor: str | None = None) -> Change:
+        """Approve a pending change as `approver`; the event names `actor` (who asked:
+        the API token's name), the approver when no actor is given."""
+        return await self.call(approve, change_id, approver, now, actor)
 
     async def set_expedite(self, change_id: int, actor: str, now: datetime) -> Change:
         return await self.call(set_expedite, change_id, actor, now)
@@ -310,7 +315,7 @@ def _event(db: Database, now: datetime, entity: str, entity_id: object, old: str
 # -- changes ----------------------------------------------------------------
 
 def add_change(db: Database, ref: str, title: str, author: str, rollback: Rollback,
-               now: datetime) -> Change:
+               now: datetime, actor: str | None = None) -> Change:
     with write(db):
         clash = db.execute("SELECT id, state FROM changes WHERE ref = ? AND state != 'cancelled'",
                            [ref]).fetchone()
@@ -323,8 +328,10 @@ def add_change(db: Database, ref: str, title: str, author: str, rollback: Rollba
             [ref, title, author, str(rollback), iso(now), iso(now)],
         )
         change_id = int(cursor.lastrowid or 0)
-        _event(db, now, "change", change_id, None, ChangeState.PENDING, author,
-               f"added {ref[:12]}: {title}", None)
+        by = actor or author
+        _event(db, now, "change", change_id, None, ChangeState.PENDING, by,
+               f"added {ref[:12]}: {title}" + (f" (author {author})" if by != author else ""),
+               None)
     return get_change(db, change_id)
 
 
@@ -344,7 +351,8 @@ def list_changes(db: Database, state: ChangeState | None, limit: int, after: int
     return [records.change(row) for row in rows]
 
 
-def approve(db: Database, change_id: int, approver: str, now: datetime) -> Change:
+def approve(db: Database, change_id: int, approver: str, now: datetime,
+            actor: str | None = None) -> Change:
     """Approve a `pending` change; InvalidTransition from any other state.
 
     The table also allows `pushing -> approved` (the pusher's postponed or
@@ -356,8 +364,10 @@ def approve(db: Database, change_id: int, approver: str, now: datetime) -> Chang
         state = get_change(db, change_id).state
         if state != ChangeState.PENDING:
             raise InvalidTransition("change", change_id, state, ChangeState.APPROVED)
-        _transition(db, "change", change_id, ChangeState.APPROVED, approver,
-                    f"approved by {approver}", now,
+        by = actor or approver
+        _transition(db, "change", change_id, ChangeState.APPROVED, by,
+                    f"approved by {approver}" + (f" (token {by})" if by != approver else ""),
+                    now,
                     fields={"approved_by": approver, "approved_at": iso(now)})
     return get_change(db, change_id)
 

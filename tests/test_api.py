@@ -276,3 +276,23 @@ async def test_a_pause_over_a_halt_keeps_the_halt(env: Env) -> None:
     assert status == 200 and control["state"] == "running"
     assert control["halted_by_push"] is None
     assert await env.store.last_restored() == env.clock()  # the settling wait starts now
+
+
+async def test_the_audit_log_names_the_token_not_the_body(env: Env) -> None:
+    status, change = await env.call("POST", "/v1/changes", token=DEPLOY, json={
+        "ref": env.commits[2], "title": "t", "author": "alice"})
+    assert status == 201 and change["author"] == "alice"
+    status, change = await env.call("POST", f"/v1/changes/{change['id']}/approve",
+                                    token=DEPLOY, json={"approver": "the-cto"})
+    assert status == 200 and change["approved_by"] == "the-cto"
+    _, mine = await env.call("POST", "/v1/changes", token=DEPLOY, json={
+        "ref": env.commits[3], "title": "own"})
+    await env.call("POST", f"/v1/changes/{mine['id']}/approve", token=DEPLOY)
+    _, log = await env.call("GET", "/v1/events")
+    seen = [(e["to_state"], e["actor"], e["reason"]) for e in log["events"]]
+    assert seen == [
+        ("pending", "dana", f"added {env.commits[2][:12]}: t (author alice)"),
+        ("approved", "dana", "approved by the-cto (token dana)"),
+        ("pending", "dana", f"added {env.commits[3][:12]}: own"),
+        ("approved", "dana", "approved by dana"),
+    ]
