@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from daemon.errors import InvalidTransition, SourceError
-from daemon.models import Change, ChangeState, Rollback
+from daemon.errors import InvalidTransition, SourceError, Unchanged
+from daemon.models import Change, ChangeState, Control, QueueState, Rollback
 from daemon.release import resolve_ref
 from daemon.store import Store
 
@@ -30,7 +30,7 @@ def _clean_text(field: str, value: str, limit: int) -> str:
 
 
 class Queue:
-    """Enqueue, approve, cancel and expedite changes."""
+    """Enqueue, approve, cancel and expedite changes; pause and resume the line."""
 
     def __init__(self, store: Store, repo: Path) -> None:
         self.store = store
@@ -66,3 +66,21 @@ class Queue:
             raise InvalidTransition("change", change_id, change.state, ChangeState.APPROVED)
         return await self.store.transition_change(
             change_id, ChangeState.APPROVED, actor, reason or "approved again", now)
+
+    async def pause(self, actor: str, reason: str, now: datetime) -> Control:
+        """A person stops the line (over a halt too, which the pause keeps); the control
+        state after it. Unchanged (`already_paused`, 409) when it is already paused."""
+        if not await self.store.set_queue(QueueState.PAUSED, actor, reason, now,
+                                          expect=[QueueState.RUNNING, QueueState.HALTED]):
+            raise Unchanged("the queue is already paused", "already_paused",
+                            state=str(QueueState.PAUSED))
+        return await self.store.control()
+
+    async def resume(self, actor: str, reason: str, now: datetime) -> Control:
+        """A person restarts a paused or halted line; the control state after it.
+        Unchanged (`not_stopped`, 409) when it is running."""
+        if not await self.store.set_queue(QueueState.RUNNING, actor, reason, now,
+                                          expect=[QueueState.PAUSED, QueueState.HALTED]):
+            raise Unchanged("the queue is running: there is nothing to resume", "not_stopped",
+                            state=str(QueueState.RUNNING))
+        return await self.store.control()

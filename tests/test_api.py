@@ -296,3 +296,18 @@ async def test_the_audit_log_names_the_token_not_the_body(env: Env) -> None:
         ("pending", "dana", f"added {env.commits[3][:12]}: own"),
         ("approved", "dana", "approved by dana"),
     ]
+
+
+async def test_pausing_twice_or_resuming_a_running_line_is_409(env: Env) -> None:
+    status, body = await env.call("POST", "/v1/resume", json={"reason": "go"})
+    assert status == 409 and body["error"]["code"] == "not_stopped"
+    await env.call("POST", "/v1/pause", token=DEPLOY, json={"reason": "lunch"})
+    _, before = await env.call("GET", "/v1/events")
+    status, body = await env.call("POST", "/v1/pause", token=DEPLOY, json={"reason": "again"})
+    assert status == 409 and body["error"]["code"] == "already_paused"
+    assert (await env.call("GET", "/v1/events"))[1] == before  # nothing recorded
+    assert (await env.call("GET", "/v1/status"))[1]["reason"] == "lunch"
+    _, doc = await env.call("GET", "/v1/openapi.json", token=None)
+    for path in ("/v1/pause", "/v1/resume"):
+        assert set(doc["paths"][path]["post"]["responses"]) >= {"200", "409"}, path
+        assert "422" not in doc["paths"][path]["post"]["responses"], path

@@ -257,3 +257,19 @@ async def test_approve_needs_a_pending_change(queue: Queue, store: Store,
         await queue.approve(change.id, "eve", NOW)
     again = await queue.requeue(change.id, "carol", "fixed the config", at(5))
     assert again.state == ChangeState.APPROVED
+
+
+async def test_pause_and_resume_refuse_to_do_nothing(queue: Queue, store: Store) -> None:
+    with pytest.raises(Conflict) as info:
+        await queue.resume("ann", "go", NOW)
+    assert info.value.code == "not_stopped"
+    assert (await queue.pause("ann", "lunch", at(1))).state == QueueState.PAUSED
+    with pytest.raises(Conflict) as info:
+        await queue.pause("bob", "again", at(2))
+    assert info.value.code == "already_paused"
+    assert (await store.control()).reason == "lunch"
+    await store.set_queue(QueueState.HALTED, "pusher", "push 1 failed", at(3))
+    assert (await queue.pause("bob", "looking", at(4))).state == QueueState.PAUSED
+    assert (await queue.resume("ann", "fixed", at(5))).state == QueueState.RUNNING
+    assert [e.to_state for e in await store.events()] == ["paused", "halted", "paused",
+                                                          "running"]
