@@ -170,3 +170,17 @@ async def test_store_failure_is_503_without_sql(env: Env) -> None:
     status, body = await env.call("POST", "/v1/resume", json={"reason": "x"})
     assert status == 503 and "SELECT" not in str(body)
     shape(body, "store_unavailable")
+
+
+@pytest.mark.parametrize("ref", ["HEAD:app.txt", "no-such-branch", "HEAD~99"])
+async def test_bad_refs_tell_the_ref_not_the_server(env: Env, ref: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="pushguard.release"):
+        status, body = await env.call("POST", "/v1/changes", token=DEPLOY,
+                                      json={"ref": ref, "title": "t"})
+    assert status == 400 and shape(body, "bad_ref") == {"ref": ref}, body
+    assert repr(ref) in body["error"]["message"]
+    for secret in (str(env.repo), "fatal", "error:", "stderr"):
+        assert secret not in str(body), secret
+    assert any(str(env.repo) in r.getMessage() and ref in r.getMessage()
+               for r in caplog.records)  # the details stay on the server
