@@ -22,7 +22,7 @@ from pathlib import Path
 
 from daemon.errors import SourceError
 
-_COMMIT_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # fullmatch: `$` allows a "\n"
 _MAX_REF = 256
 _GIT_LOCATION_VARS = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE",
                                 "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR"})
@@ -60,7 +60,7 @@ async def resolve_ref(repo: Path, ref: str) -> str:
                           "exist or cannot be read (the daemon's log says which)",
                           ref=ref) from exc
     commit = out.decode(errors="replace").strip()
-    if status != 0 or not _COMMIT_ID.match(commit):
+    if status != 0 or not _COMMIT_ID.fullmatch(commit):
         log.info("ref %r names no commit in %s (git exit %s): %s", ref, repo, status,
                  err.decode(errors="replace")[-500:].strip() or "no stderr")
         raise SourceError(f"unknown ref {ref!r}: it names no commit of the source repository",
@@ -75,7 +75,7 @@ async def build_release(repo: Path, commit: str, releases_dir: Path) -> Release:
     The archive is written to a temporary file and renamed into place, so a
     crash never leaves a partial archive under the final name.
     """
-    if not _COMMIT_ID.match(commit):
+    if not _COMMIT_ID.fullmatch(commit):
         raise SourceError(f"not a full commit id: {commit!r}", ref=commit)
     status, _, err = await _git(repo, "cat-file", "-e", f"{commit}^{{commit}}")
     if status != 0:
