@@ -54,10 +54,12 @@ class Controller(Protocol):
         """Claim and start a push; Busy if one runs; None if nothing approved may go."""
 
     async def pause(self, actor: str, reason: str) -> Control:
-        """A person stops the line; the queue's control state after it."""
+        """A person stops the line; the queue's control state after it (Conflict, 409,
+        when it is already paused)."""
 
     async def resume(self, actor: str, reason: str) -> Control:
-        """A person restarts the line, also clearing a halt."""
+        """A person restarts the line, also clearing a halt (Conflict, 409, when it is
+        running)."""
 
     def progress(self) -> dict[str, object] | None:
         """The running push's live progress: push, wave, hosts_done, hosts_total, phase."""

@@ -112,6 +112,8 @@ async def read_body(request: web.Request, body: Body) -> dict[str, str]:
 
 
 def _actor(request: web.Request) -> str:
+    """The name of the request's token: the actor of every event it causes (a body's
+    author or approver is only recorded on the change)."""
     return request[IDENTITY].name
 
 
@@ -128,10 +130,11 @@ P_PUSH = Param("push", "only the events of this push", low=1)
 B_CHANGE = Body("NewChange", (
     Field("ref", "a commit of the source repository (any ref git can resolve)", True, 200),
     Field("title", "what the change does", True, 500),
-    Field("author", "who wrote it (default: the token's name)"),
+    Field("author", "who wrote it (default: the token's name); the audit log names the token"),
     Field("rollback", "`never` marks an irreversible change", choices=("auto", "never")),
 ))
-B_APPROVE = Body("Approval", (Field("approver", "who approved (default: the token's name)"),))
+B_APPROVE = Body("Approval", (Field("approver", "who approved (default: the token's name); "
+                                              "the audit log names the token"),))
 B_CANCEL = Body("Cancellation", (Field("reason", "why", max_len=500),))
 B_REASON = Body("Reason", (Field("reason", "why (recorded in the audit log)", True, 500),))
 B_EMPTY = Body("Empty")
@@ -159,7 +162,8 @@ async def add_change(request: web.Request) -> web.Response:
     body = await read_body(request, B_CHANGE)
     change = await ctx.queue.enqueue(body["ref"], body["title"],
                                      body.get("author", _actor(request)), ctx.clock(),
-                                     Rollback(body.get("rollback", "auto")))
+                                     Rollback(body.get("rollback", "auto")),
+                                     actor=_actor(request))
     return _json(plain(change), 201, Location=f"/v1/changes/{change.id}")
 
 
@@ -173,7 +177,7 @@ async def approve(request: web.Request) -> web.Response:
     change_id = schema.path_id(request, "change")
     body = await read_body(request, B_APPROVE)
     change = await ctx.queue.approve(change_id, body.get("approver", _actor(request)),
-                                     ctx.clock())
+                                     ctx.clock(), actor=_actor(request))
     return _json(plain(change))
 
 
@@ -307,9 +311,9 @@ OPERATIONS: Sequence[tuple[Operation, Handler]] = (
     (_op("POST", "/v1/pushes", "pushNow", "the deploy button: claim and start a push now",
          _D, "Push", status=202, body=B_EMPTY, errors=(409,)), push_now),
     (_op("POST", "/v1/pause", "pause", "stop the line (a person's pause)", _D, "Control",
-         body=B_REASON), pause),
+         body=B_REASON, errors=(409,)), pause),
     (_op("POST", "/v1/resume", "resume", "restart the line; also clears a halt", _A,
-         "Control", body=B_REASON, errors=(409, 422)), resume),
+         "Control", body=B_REASON, errors=(409,)), resume),
     (_op("GET", "/v1/hosts", "listHosts", "each host's live release and last outcome", _R,
          "HostList"), hosts),
     (_op("GET", "/v1/events", "listEvents", "the audit log, for tailing", _R, "EventList",

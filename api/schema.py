@@ -36,7 +36,8 @@ from daemon.models import (
 # a string with at least one non-blank character and no NUL (ECMA-262 and Python agree)
 TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
 _TEXT = re.compile(TEXT_PATTERN)
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
+# used with fullmatch: `$` would also match before a trailing newline ("5\n")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 MAX_ID = 2**53  # ids stay exact in JSON numbers
 
 
@@ -118,7 +119,7 @@ def validate_body(body: Body, data: object) -> dict[str, str]:
             raise bad_request(f.name, f"{f.name} must not contain NUL characters")
         if len(value) > f.max_len:
             raise bad_request(f.name, f"{f.name} is longer than {f.max_len} characters")
-        if not _TEXT.match(value):
+        if not _TEXT.fullmatch(value):
             raise bad_request(f.name, f"{f.name} must not be blank")
         if f.choices and value not in f.choices:
             raise bad_request(f.name, f"{f.name} must be one of {', '.join(f.choices)}")
@@ -139,7 +140,7 @@ def int_query(request: web.Request, param: Param, default: int | None) -> int | 
     text = request.query.get(param.name)
     if text is None:
         return default
-    if not _DIGITS.match(text) or not param.low <= int(text) <= param.high:
+    if not _DIGITS.fullmatch(text) or not param.low <= int(text) <= param.high:
         raise bad_request(param.name, f"{param.name} must be an integer from {param.low} "
                           f"to {param.high}")
     return int(text)
@@ -156,7 +157,7 @@ def choice_query(request: web.Request, param: Param) -> str | None:
 def path_id(request: web.Request, what: str) -> int:
     """The integer `{id}` of the path; a 404 in the error shape when it cannot be one."""
     text = request.match_info["id"]
-    if not _DIGITS.match(text) or not 1 <= int(text) <= MAX_ID:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
         raise ApiError(404, "not_found", f"{what} {text!r} does not exist", id=text)
     return int(text)
 

@@ -48,6 +48,15 @@ class Conflict(StoreError):
     code = "conflict"
 
 
+class Unchanged(Conflict):
+    """A request to put the queue where it already is (pause a paused line, resume a
+    running one); `code` says which (`already_paused`, `not_stopped`)."""
+
+    def __init__(self, message: str, code: str, **details: object) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
 class InvalidTransition(StoreError):
     """A state change that the transition table does not allow."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -21,11 +22,13 @@ from pathlib import Path
 
 from daemon.errors import SourceError
 
-_COMMIT_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # fullmatch: `$` allows a "\n"
 _MAX_REF = 256
 _GIT_LOCATION_VARS = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE",
                                 "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR"})
 _GIT_TIMEOUT = 120.0  # seconds; archiving a large tree is the slowest case
+
+log = logging.getLogger("pushguard.release")
 
 
 @dataclass(frozen=True)
@@ -43,15 +46,25 @@ async def resolve_ref(repo: Path, ref: str) -> str:
     """Return the full commit id that `ref` names in `repo`.
 
     Raises SourceError naming the ref if it is empty, starts with '-', holds
-    control characters, is too long, or does not name a commit.
+    control characters, is too long, or does not name a commit. Its message
+    and details name only the ref (they reach API clients); the repository's
+    path and git's stderr are logged instead.
     """
     _check_ref(ref)
-    status, out, err = await _git(repo, "rev-parse", "--verify", "--quiet",
-                                  "--end-of-options", f"{ref}^{{commit}}")
+    try:
+        status, out, err = await _git(repo, "rev-parse", "--verify", "--quiet",
+                                      "--end-of-options", f"{ref}^{{commit}}")
+    except SourceError as exc:
+        log.error("cannot resolve ref %r: %s", ref, exc.message)
+        raise SourceError(f"cannot resolve ref {ref!r}: the source repository does not "
+                          "exist or cannot be read (the daemon's log says which)",
+                          ref=ref) from exc
     commit = out.decode(errors="replace").strip()
-    if status != 0 or not _COMMIT_ID.match(commit):
-        raise SourceError(f"unknown ref {ref!r} in {repo}", ref=ref, repo=str(repo),
-                          stderr=err.decode(errors="replace")[-500:])
+    if status != 0 or not _COMMIT_ID.fullmatch(commit):
+        log.info("ref %r names no commit in %s (git exit %s): %s", ref, repo, status,
+                 err.decode(errors="replace")[-500:].strip() or "no stderr")
+        raise SourceError(f"unknown ref {ref!r}: it names no commit of the source repository",
+                          ref=ref)
     return commit
 
 
@@ -62,7 +75,7 @@ async def build_release(repo: Path, commit: str, releases_dir: Path) -> Release:
     The archive is written to a temporary file and renamed into place, so a
     crash never leaves a partial archive under the final name.
     """
-    if not _COMMIT_ID.match(commit):
+    if not _COMMIT_ID.fullmatch(commit):
         raise SourceError(f"not a full commit id: {commit!r}", ref=commit)
     status, _, err = await _git(repo, "cat-file", "-e", f"{commit}^{{commit}}")
     if status != 0:

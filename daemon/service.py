@@ -63,6 +63,7 @@ class Service:
         self._ready = False
         self._lock_file: IO[bytes] | None = None
         self.store: Store | None = None
+        self.queue: Queue | None = None
         self.source: MetricSource | None = None
         self.fleet: Fleet | None = None
         self.webhooks: Webhooks | None = None
@@ -103,7 +104,8 @@ class Service:
         for push_id in interrupted:
             log.warning("push %d was left unfinished by the last run: interrupted, queue "
                         "halted", push_id)
-        app = build_app(store=self.store, queue=Queue(self.store, config.source.repo),
+        self.queue = Queue(self.store, config.source.repo)
+        app = build_app(store=self.store, queue=self.queue,
                         control=self, api_config=config.api, tokens=tokens,
                         version=pushguard_version(), clock=self.clock,
                         hosts=[host.name for host in config.hosts])
@@ -277,18 +279,15 @@ class Service:
         return await self.pusher.request(Trigger.API, actor, normal_allowed=self._window_open())
 
     async def pause(self, actor: str, reason: str) -> Control:
-        assert self.store is not None
-        await self.store.set_queue(QueueState.PAUSED, actor, reason, self.clock(),
-                                   expect=[QueueState.RUNNING, QueueState.HALTED])
-        return await self.store.control()
+        assert self.queue is not None
+        return await self.queue.pause(actor, reason, self.clock())
 
     async def resume(self, actor: str, reason: str) -> Control:
-        assert self.store is not None and self.webhooks is not None
-        if await self.store.set_queue(QueueState.RUNNING, actor, reason, self.clock(),
-                                      expect=[QueueState.PAUSED, QueueState.HALTED]):
-            self.webhooks.emit("resumed", f"queue resumed by {actor}: {reason}",
-                               {"actor": actor, "reason": reason})
-        return await self.store.control()
+        assert self.queue is not None and self.webhooks is not None
+        control = await self.queue.resume(actor, reason, self.clock())
+        self.webhooks.emit("resumed", f"queue resumed by {actor}: {reason}",
+                           {"actor": actor, "reason": reason})
+        return control
 
     def progress(self) -> dict[str, object] | None:
         if self.pusher is None or self.pusher.progress is None:

@@ -145,8 +145,10 @@ class Store:
         return await self.call(lambda db: str(db.execute("PRAGMA journal_mode").fetchone()[0]))
 
     async def add_change(self, ref: str, title: str, author: str, rollback: Rollback,
-                         now: datetime) -> Change:
-        return await self.call(add_change, ref, title, author, rollback, now)
+                         now: datetime, actor: str | None = None) -> Change:
+        """Add a pending change; the event names `actor` (who asked: the API token's
+        name), the author when no actor is given."""
+        return await self.call(add_change, ref, title, author, rollback, now, actor)
 
     async def get_change(self, change_id: int) -> Change:
         return await self.call(get_change, change_id)
@@ -155,8 +157,11 @@ class Store:
                            after: int = 0) -> list[Change]:
         return await self.call(list_changes, state, limit, after)
 
-    async def approve(self, change_id: int, approver: str, now: datetime) -> Change:
-        return await self.call(approve, change_id, approver, now)
+    async def approve(self, change_id: int, approver: str, now: datetime,
+                      actor: str | None = None) -> Change:
+        """Approve a pending change as `approver`; the event names `actor` (who asked:
+        the API token's name), the approver when no actor is given."""
+        return await self.call(approve, change_id, approver, now, actor)
 
     async def set_expedite(self, change_id: int, actor: str, now: datetime) -> Change:
         return await self.call(set_expedite, change_id, actor, now)
@@ -207,7 +212,8 @@ class Store:
         return await self.call(last_finished_push)
 
     async def last_restored(self) -> datetime | None:
-        """When the queue last went from halted back to running, if ever."""
+        """When the queue last ran again after a halt (directly or through a pause), if ever;
+        None while it is still stopped by the latest halt."""
         return await self.call(last_restored)
 
     async def host_step_started(self, push_id: int, host: str, wave: int, step: str,
@@ -313,7 +319,7 @@ def _event(db: Database, now: datetime, entity: str, entity_id: object, old: str
 # -- changes ----------------------------------------------------------------
 
 def add_change(db: Database, ref: str, title: str, author: str, rollback: Rollback,
-               now: datetime) -> Change:
+               now: datetime, actor: str | None = None) -> Change:
     with write(db):
         clash = db.execute("SELECT id, state FROM changes WHERE ref = ? AND state != 'cancelled'",
                            [ref]).fetchone()
@@ -326,8 +332,10 @@ def add_change(db: Database, ref: str, title: str, author: str, rollback: Rollba
             [ref, title, author, str(rollback), iso(now), iso(now)],
         )
         change_id = int(cursor.lastrowid or 0)
-        _event(db, now, "change", change_id, None, ChangeState.PENDING, author,
-               f"added {ref[:12]}: {title}", None)
+        by = actor or author
+        _event(db, now, "change", change_id, None, ChangeState.PENDING, by,
+               f"added {ref[:12]}: {title}" + (f" (author {author})" if by != author else ""),
+               None)
     return get_change(db, change_id)
 
 
@@ -347,10 +355,23 @@ def list_changes(db: Database, state: ChangeState | None, limit: int, after: int
     return [records.change(row) for row in rows]
 
 
-def approve(db: Database, change_id: int, approver: str, now: datetime) -> Change:
+def approve(db: Database, change_id: int, approver: str, now: datetime,
+            actor: str | None = None) -> Change:
+    """Approve a `pending` change; InvalidTransition from any other state.
+
+    The table also allows `pushing -> approved` (the pusher's postponed or
+    aborted pushes) and `failed`/`reverted -> approved` (the requeue path);
+    neither is an approval, so the state is checked here, in the same
+    transaction as the change.
+    """
     with write(db):
-        _transition(db, "change", change_id, ChangeState.APPROVED, approver,
-                    f"approved by {approver}", now,
+        state = get_change(db, change_id).state
+        if state != ChangeState.PENDING:
+            raise InvalidTransition("change", change_id, state, ChangeState.APPROVED)
+        by = actor or approver
+        _transition(db, "change", change_id, ChangeState.APPROVED, by,
+                    f"approved by {approver}" + (f" (token {by})" if by != approver else ""),
+                    now,
                     fields={"approved_by": approver, "approved_at": iso(now)})
     return get_change(db, change_id)
 
@@ -447,9 +468,17 @@ def finish_push(db: Database, push_id: int, to: PushState, change_to: ChangeStat
             "SELECT change_id FROM push_changes WHERE push_id = ? ORDER BY change_id", [push_id]
         ).fetchall():
             state = get_change(db, change_id).state
-            if state != change_to and allowed("change", state, change_to):
+            if state == ChangeState.PUSHING and allowed("change", state, change_to):
                 _transition(db, "change", change_id, change_to, actor,
                             f"push {push_id} {to}", now, push_id)
+            else:
+                # only recovery moves a change out of `pushing` behind its push's back;
+                # ending the push must not fail over it, but it must not pass unseen
+                log.warning("push %s %s: change %s is %s, not pushing; left %s, not moved to %s",
+                            push_id, to, change_id, state, state, change_to,
+                            extra={"entity": "change", "entity_id": str(change_id),
+                                   "from_state": str(state), "to_state": str(change_to),
+                                   "actor": actor, "why": "not pushing", "push": push_id})
         if halt is not None:
             set_queue(db, QueueState.HALTED, actor, halt, now, push_id, ())
     return get_push(db, push_id)
@@ -494,9 +523,12 @@ def last_finished_push(db: Database) -> Push | None:
 
 
 def last_restored(db: Database) -> datetime | None:
-    rows = list(db.query("SELECT at FROM events WHERE entity = 'queue' AND to_state = ? "
-                         "AND from_state = ? ORDER BY id DESC LIMIT 1",
-                         [QueueState.RUNNING.value, QueueState.HALTED.value]))
+    """When the latest halt ended: the first move to running after the latest halt,
+    whatever came between (a person's pause over the halt included)."""
+    rows = list(db.query(
+        "SELECT at FROM events WHERE entity = 'queue' AND to_state = ? AND id > "
+        "(SELECT MAX(id) FROM events WHERE entity = 'queue' AND to_state = ?) "
+        "ORDER BY id LIMIT 1", [QueueState.RUNNING.value, QueueState.HALTED.value]))
     return datetime.fromisoformat(rows[0]["at"]) if rows else None
 
 
@@ -591,15 +623,24 @@ def control(db: Database) -> Control:
 
 def set_queue(db: Database, to: QueueState, actor: str, reason: str, now: datetime,
               push_id: int | None, expect: tuple[QueueState, ...]) -> bool:
+    """Move the queue to `to`; False (nothing written) when it is not in `expect`
+    or already there (a halt may be recorded again).
+
+    A pause over a halt keeps `halted_by_push`: the halt is not over until the
+    line runs again, and what it drives (the expedited fix's baseline, the
+    settling wait after it) must survive a person's pause in between.
+    """
     with write(db):
-        current = control(db).state
+        before = control(db)
+        current = before.state
         if expect and current not in expect:
             return False
         if current == to and to != QueueState.HALTED:
             return False
+        halted_by = push_id if to == QueueState.HALTED \
+            else before.halted_by_push if to == QueueState.PAUSED else None
         _transition(db, "queue", 1, to, actor, reason, now, push_id, {
-            "reason": reason, "since": iso(now),
-            "halted_by_push": push_id if to == QueueState.HALTED else None})
+            "reason": reason, "since": iso(now), "halted_by_push": halted_by})
     return True
 
 

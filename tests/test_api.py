@@ -240,3 +240,74 @@ async def test_openapi_document_validates_and_covers_every_route(env: Env) -> No
     assert doc["info"]["version"] == "1.2.3-test"
     assert doc["paths"]["/v1/pause"]["post"]["security"] == [{"bearer": []}]
     assert doc["paths"]["/v1/status"]["get"]["security"] == []
+
+
+async def test_a_change_being_pushed_cannot_be_approved_or_cancelled(env: Env) -> None:
+    cid = await approved_change(env, 1)
+    _, push = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    for action in ("approve", "cancel"):
+        status, body = await env.call("POST", f"/v1/changes/{cid}/{action}", token=DEPLOY)
+        assert status == 422 and body["error"]["code"] == "invalid_transition", (action, body)
+        assert body["error"]["details"]["from_state"] == "pushing"
+    assert (await env.call("GET", f"/v1/changes/{cid}"))[1]["state"] == "pushing"
+    env.control.running = None
+    await drive_push(env.store, env.clock, push["id"], verdict=Verdict.FAIL)
+    # a failed change goes out again only through the requeue path, not by approving it
+    status, body = await env.call("POST", f"/v1/changes/{cid}/approve", token=DEPLOY)
+    assert status == 422 and body["error"]["details"]["from_state"] == "failed"
+    status, body = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    assert status == 409 and body["error"]["code"] == "nothing_to_push"
+
+
+async def test_a_pause_over_a_halt_keeps_the_halt(env: Env) -> None:
+    cid = await approved_change(env, 1)
+    _, push = await env.call("POST", "/v1/pushes", token=DEPLOY)
+    await drive_push(env.store, env.clock, push["id"], verdict=Verdict.FAIL)
+    env.control.running = None
+    await env.store.set_queue(QueueState.HALTED, "pusher", f"push {push['id']} failed",
+                              env.clock(), push["id"])
+    status, control = await env.call("POST", "/v1/pause", token=DEPLOY,
+                                     json={"reason": "looking"})
+    assert status == 200 and control["state"] == "paused"
+    assert control["halted_by_push"] == push["id"]
+    assert (await env.call("GET", f"/v1/changes/{cid}"))[1]["state"] == "failed"
+    env.clock.advance(60)
+    status, control = await env.call("POST", "/v1/resume", json={"reason": "ok"})
+    assert status == 200 and control["state"] == "running"
+    assert control["halted_by_push"] is None
+    assert await env.store.last_restored() == env.clock()  # the settling wait starts now
+
+
+async def test_the_audit_log_names_the_token_not_the_body(env: Env) -> None:
+    status, change = await env.call("POST", "/v1/changes", token=DEPLOY, json={
+        "ref": env.commits[2], "title": "t", "author": "alice"})
+    assert status == 201 and change["author"] == "alice"
+    status, change = await env.call("POST", f"/v1/changes/{change['id']}/approve",
+                                    token=DEPLOY, json={"approver": "the-cto"})
+    assert status == 200 and change["approved_by"] == "the-cto"
+    _, mine = await env.call("POST", "/v1/changes", token=DEPLOY, json={
+        "ref": env.commits[3], "title": "own"})
+    await env.call("POST", f"/v1/changes/{mine['id']}/approve", token=DEPLOY)
+    _, log = await env.call("GET", "/v1/events")
+    seen = [(e["to_state"], e["actor"], e["reason"]) for e in log["events"]]
+    assert seen == [
+        ("pending", "dana", f"added {env.commits[2][:12]}: t (author alice)"),
+        ("approved", "dana", "approved by the-cto (token dana)"),
+        ("pending", "dana", f"added {env.commits[3][:12]}: own"),
+        ("approved", "dana", "approved by dana"),
+    ]
+
+
+async def test_pausing_twice_or_resuming_a_running_line_is_409(env: Env) -> None:
+    status, body = await env.call("POST", "/v1/resume", json={"reason": "go"})
+    assert status == 409 and body["error"]["code"] == "not_stopped"
+    await env.call("POST", "/v1/pause", token=DEPLOY, json={"reason": "lunch"})
+    _, before = await env.call("GET", "/v1/events")
+    status, body = await env.call("POST", "/v1/pause", token=DEPLOY, json={"reason": "again"})
+    assert status == 409 and body["error"]["code"] == "already_paused"
+    assert (await env.call("GET", "/v1/events"))[1] == before  # nothing recorded
+    assert (await env.call("GET", "/v1/status"))[1]["reason"] == "lunch"
+    _, doc = await env.call("GET", "/v1/openapi.json", token=None)
+    for path in ("/v1/pause", "/v1/resume"):
+        assert set(doc["paths"][path]["post"]["responses"]) >= {"200", "409"}, path
+        assert "422" not in doc["paths"][path]["post"]["responses"], path

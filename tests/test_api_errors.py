@@ -136,6 +136,7 @@ async def test_change_fields_are_validated(env: Env) -> None:
     ("/v1/changes?after=1e3", "after"), ("/v1/pushes?before=0", "before"),
     ("/v1/pushes?limit=201", "limit"), ("/v1/events?push=x", "push"),
     ("/v1/events?after=99999999999999999999", "after"),
+    ("/v1/changes?limit=5%0A", "limit"), ("/v1/events?after=1%0A", "after"),
 ])
 async def test_query_parameters_are_validated(env: Env, query: str, field: str) -> None:
     status, body = await env.call("GET", query)
@@ -170,3 +171,25 @@ async def test_store_failure_is_503_without_sql(env: Env) -> None:
     status, body = await env.call("POST", "/v1/resume", json={"reason": "x"})
     assert status == 503 and "SELECT" not in str(body)
     shape(body, "store_unavailable")
+
+
+@pytest.mark.parametrize("ref", ["HEAD:app.txt", "no-such-branch", "HEAD~99"])
+async def test_bad_refs_tell_the_ref_not_the_server(env: Env, ref: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="pushguard.release"):
+        status, body = await env.call("POST", "/v1/changes", token=DEPLOY,
+                                      json={"ref": ref, "title": "t"})
+    assert status == 400 and shape(body, "bad_ref") == {"ref": ref}, body
+    assert repr(ref) in body["error"]["message"]
+    for secret in (str(env.repo), "fatal", "error:", "stderr"):
+        assert secret not in str(body), secret
+    assert any(str(env.repo) in r.getMessage() and ref in r.getMessage()
+               for r in caplog.records)  # the details stay on the server
+
+
+async def test_an_id_with_a_trailing_newline_is_404(env: Env) -> None:
+    cid = await approved_change(env, 1)
+    assert (await env.call("GET", f"/v1/changes/{cid}"))[0] == 200
+    status, body = await env.call("GET", f"/v1/changes/{cid}%0A")
+    assert status == 404, body
+    shape(body, "not_found")

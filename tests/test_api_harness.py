@@ -25,7 +25,6 @@ from daemon.models import (
     Outcome,
     Push,
     PushState,
-    QueueState,
     Trigger,
     Verdict,
 )
@@ -63,8 +62,9 @@ class Clock:
 class StoreController:
     """The Controller protocol over the real store, as the daemon would answer."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, queue: Queue) -> None:
         self.store = store
+        self.queue = queue
         self.clock = clock
         self.is_ready = True
         self.window: str | None = None
@@ -97,14 +97,10 @@ class StoreController:
         return push
 
     async def pause(self, actor: str, reason: str) -> Control:
-        await self.store.set_queue(QueueState.PAUSED, actor, reason, self.clock(),
-                                   expect=[QueueState.RUNNING, QueueState.HALTED])
-        return await self.store.control()
+        return await self.queue.pause(actor, reason, self.clock())
 
     async def resume(self, actor: str, reason: str) -> Control:
-        await self.store.set_queue(QueueState.RUNNING, actor, reason, self.clock(),
-                                   expect=[QueueState.PAUSED, QueueState.HALTED])
-        return await self.store.control()
+        return await self.queue.resume(actor, reason, self.clock())
 
     def progress(self) -> dict[str, object] | None:
         return self.live
@@ -146,8 +142,8 @@ def api_config(tmp_path: Path, *, read_needs_token: bool = False,
 
 def make_app(store: Store, repo: Path, config: ApiConfig, clock: Clock,
              metrics_max_age: float = 0.0) -> tuple[web.Application, StoreController, Queue]:
-    control = StoreController(store, clock)
     queue = Queue(store, repo)
+    control = StoreController(store, clock, queue)
     app = build_app(store=store, queue=queue, control=control, api_config=config,
                     tokens=Tokens.parse(TOKENS_TEXT, "tokens"), version="1.2.3-test",
                     clock=clock, hosts=HOSTS, metrics_max_age=metrics_max_age)

@@ -156,10 +156,10 @@ async def test_token_from_env_and_file(env: Env, capsys: pytest.CaptureFixture[s
     token_file = tmp_path / "my-token"
     token_file.write_text(f"# mine\n{DEPLOY}\n")
     assert await cli("pause", "-m", "x", "--token-file", str(token_file)) == 0
+    assert await cli("resume", "-m", "x", "--token", ADMIN) == 0
     monkeypatch.setenv("PUSHGUARD_TOKEN_FILE", str(token_file))
     monkeypatch.delenv("PUSHGUARD_TOKEN")
     assert await cli("pause", "-m", "again") == 0
-    assert await cli("resume", "-m", "x", "--token", ADMIN) == 0
 
 
 class Terminal(io.StringIO):

@@ -237,3 +237,39 @@ def test_killed_writer_loses_nothing_it_committed(tmp_path: Path) -> None:
         mine = [e.to_state for e in events if e.entity == "change" and e.entity_id == change.id]
         expected = ["pending"] if change.state == ChangeState.PENDING else ["pending", "approved"]
         assert mine == expected
+
+
+async def test_approve_needs_a_pending_change(queue: Queue, store: Store,
+                                              commits: list[str]) -> None:
+    change = await queue.enqueue(commits[0], "t", "ann", NOW)
+    await queue.approve(change.id, "bob", NOW)
+    with pytest.raises(InvalidTransition):  # approved twice
+        await queue.approve(change.id, "bob", NOW)
+    push = await store.claim(batch_size=1, normal_allowed=True, trigger=Trigger.API,
+                             actor="a", now=NOW)
+    assert push is not None
+    with pytest.raises(InvalidTransition):  # being pushed
+        await queue.approve(change.id, "eve", NOW)
+    assert (await store.get_change(change.id)).approved_by == "bob"
+    await store.transition_push(push.id, PushState.DEPLOYING, "test", "", NOW)
+    await store.finish_push(push.id, PushState.FAILED, ChangeState.FAILED, "test", "", NOW)
+    with pytest.raises(InvalidTransition):  # failed: only requeue sends it out again
+        await queue.approve(change.id, "eve", NOW)
+    again = await queue.requeue(change.id, "carol", "fixed the config", at(5))
+    assert again.state == ChangeState.APPROVED
+
+
+async def test_pause_and_resume_refuse_to_do_nothing(queue: Queue, store: Store) -> None:
+    with pytest.raises(Conflict) as info:
+        await queue.resume("ann", "go", NOW)
+    assert info.value.code == "not_stopped"
+    assert (await queue.pause("ann", "lunch", at(1))).state == QueueState.PAUSED
+    with pytest.raises(Conflict) as info:
+        await queue.pause("bob", "again", at(2))
+    assert info.value.code == "already_paused"
+    assert (await store.control()).reason == "lunch"
+    await store.set_queue(QueueState.HALTED, "pusher", "push 1 failed", at(3))
+    assert (await queue.pause("bob", "looking", at(4))).state == QueueState.PAUSED
+    assert (await queue.resume("ann", "fixed", at(5))).state == QueueState.RUNNING
+    assert [e.to_state for e in await store.events()] == ["paused", "halted", "paused",
+                                                          "running"]

@@ -86,3 +86,11 @@ async def test_build_refuses_a_missing_or_partial_commit(
         await build_release(app_repo.path, commit, tmp_path)
     assert commit in caught.value.message
     assert not list(tmp_path.iterdir())
+
+
+async def test_resolve_ref_errors_name_the_ref_only(tmp_path: Path) -> None:
+    """They reach API clients: no server path, no git stderr (both are logged)."""
+    with pytest.raises(SourceError) as caught:
+        await resolve_ref(tmp_path / "nope", "HEAD")
+    assert str(tmp_path) not in caught.value.message
+    assert caught.value.details == {"ref": "HEAD"}

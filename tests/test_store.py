@@ -160,3 +160,51 @@ async def test_strings_are_stored_literally(store: Store) -> None:
     again = await store.get_change(change.id)
     assert again.title == title and again.author == "Robert'); --"
     assert again.rollback == Rollback.NEVER
+
+
+async def test_ending_a_push_says_so_when_a_change_is_not_pushing(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    change = await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
+    await store.approve(change.id, "bob", NOW)
+    push = await store.claim(batch_size=1, normal_allowed=True, trigger=Trigger.SCHEDULE,
+                             actor="schedule", now=NOW)
+    assert push is not None
+    await store.transition_change(change.id, ChangeState.FAILED, "recovery", "stranded", NOW,
+                                  push.id)
+    await store.transition_push(push.id, PushState.DEPLOYING, "pusher", "", NOW)
+    await store.transition_push(push.id, PushState.BAKING, "pusher", "", NOW)
+    with caplog.at_level("WARNING", logger="pushguard.transitions"):
+        await store.finish_push(push.id, PushState.PASSED, ChangeState.LIVE, "pusher", "", NOW)
+    assert (await store.get_change(change.id)).state == ChangeState.FAILED
+    assert any(f"change {change.id} is failed, not pushing" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_pause_over_a_halt_keeps_the_halt(store: Store) -> None:
+    """halted -> paused -> running settles like halted -> running; the fix path still
+    clears a halt."""
+    change = await store.add_change(REF, "t", "ann", Rollback.AUTO, NOW)
+    await store.approve(change.id, "bob", NOW)
+    push = await store.claim(batch_size=1, normal_allowed=True, trigger=Trigger.SCHEDULE,
+                             actor="schedule", now=NOW)
+    assert push is not None
+    at = [NOW + timedelta(minutes=n) for n in range(10)]
+    await store.set_queue(QueueState.HALTED, "pusher", "push 1 failed", at[1], push.id)
+    assert await store.set_queue(QueueState.PAUSED, "carol", "looking", at[2],
+                                 expect=[QueueState.RUNNING, QueueState.HALTED])
+    control = await store.control()
+    assert control.state == QueueState.PAUSED and control.halted_by_push == push.id
+    assert await store.last_restored() is None  # still stopped
+    await store.set_queue(QueueState.RUNNING, "ann", "fixed", at[3])
+    assert await store.last_restored() == at[3]
+    assert (await store.control()).halted_by_push is None
+    await store.set_queue(QueueState.PAUSED, "carol", "lunch", at[4])
+    assert (await store.control()).halted_by_push is None  # a plain pause holds no halt
+    await store.set_queue(QueueState.RUNNING, "carol", "back", at[5])
+    assert await store.last_restored() == at[3]  # a plain pause is no incident
+    # an expedited fix that passes clears the halt by itself
+    await store.set_queue(QueueState.HALTED, "pusher", "push 1 failed", at[6], push.id)
+    assert await store.set_queue(QueueState.RUNNING, "pusher", "fix passed", at[7], push.id,
+                                 expect=[QueueState.HALTED])
+    assert await store.last_restored() == at[7]
+    assert (await store.control()).halted_by_push is None
