@@ -327,7 +327,8 @@ class Pusher:
         """
         start = started - self.config.guard.baseline
         control = await self.store.control()
-        if push.trigger == Trigger.EXPEDITE and control.state == QueueState.HALTED \
+        # halted, or paused by a person over the halt (which keeps `halted_by_push`)
+        if push.trigger == Trigger.EXPEDITE and control.state != QueueState.RUNNING \
                 and control.halted_by_push is not None:
             for event in await self.store.events(push_id=control.halted_by_push, limit=1000):
                 if event.entity == "push" and event.to_state == PushState.BAKING:

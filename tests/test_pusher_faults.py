@@ -268,3 +268,20 @@ async def test_a_stop_during_the_claim_gives_the_push_back_without_a_halt(
     assert push.state == PushState.ABORTED
     assert (await line.store.get_change(line.changes[0])).state == ChangeState.APPROVED
     assert (await line.store.control()).state == QueueState.RUNNING
+
+
+async def test_an_expedited_fix_under_a_pause_over_a_halt_is_compared_with_the_incident(
+        line_factory: Callable[..., Awaitable[Line]]) -> None:
+    line = await line_factory(Verdict.FAIL)
+    failed = await line.pusher.request(Trigger.SCHEDULE, "schedule", normal_allowed=True)
+    assert failed is not None
+    await line.pusher.wait()
+    await line.store.set_queue(QueueState.PAUSED, "ops", "looking into it", now())
+    control = await line.store.control()
+    assert control.state == QueueState.PAUSED and control.halted_by_push == failed.id
+    live = next(e.at for e in await line.store.events(push_id=failed.id, limit=100)
+            if e.entity == "push" and e.to_state == PushState.BAKING)
+    fix = replace(failed, trigger=Trigger.EXPEDITE)
+    started = now()
+    start, end = await line.pusher._baseline(fix, started)
+    assert (start, end) == (live, started)  # not a whole baseline of healthy minutes
