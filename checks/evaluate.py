@@ -73,7 +73,8 @@ async def _count(reader: Reader, check: CheckSpec, before: Window, after: Window
     sa = await reader.read(check, after, step)
     origin = before.stop
     rb = count_rates(sb, before, step, origin, trim_newest=False)
-    ra = count_rates(sa, after, step, origin, trim_newest=True)
+    ra = count_rates(sa, after, step, origin, trim_newest=True,
+                     missing_is_zero=rule.bad == "drop")
     hw, block = history_window(before, step)
     sh = await reader.read(check, hw, block, cache=True)
     rh = count_rates(sh, hw, block, origin, trim_newest=False)

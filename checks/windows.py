@@ -5,11 +5,16 @@ the Unix epoch, as InfluxDB's GROUP BY time() does): the baseline from
 floor(start) to floor(end), the after window from ceil(start) to floor(now),
 so only complete intervals are compared.
 
-Missing values: in a count, an interval without data counts as zero events
-(a service that stopped reporting has stopped serving), except the newest
-interval of the after window, which is left out when empty (metrics arrive a
-little late). In a ratio or a latency share, an interval without requests has
-no weight. Gauge and percentile values without data are left out.
+Missing values: in a count, an interval without data is left out (no events,
+no exposure): a gap in the baseline, the history or a seasonal reference is
+unknown, not zero, and read as zero it would lower the baseline and hide a
+drop. Only in the after window of a check whose bad direction is a drop does
+an interval without data count as zero events (a service that stopped
+reporting has stopped serving), except the newest interval, which is left
+out when empty (metrics arrive a little late). A count that gets no data
+after the push is therefore a drop (bad = "drop") or too little data, never
+a pass. In a ratio or a latency share, an interval without requests has no
+weight. Gauge and percentile values without data are left out.
 """
 
 from __future__ import annotations
@@ -96,14 +101,17 @@ def _mid_seconds(window: Window, step: timedelta, origin: datetime) -> tuple[flo
 
 
 def count_rates(series: Series, window: Window, step: timedelta, origin: datetime, *,
-                trim_newest: bool) -> Rates:
-    """Events per interval with the interval length in seconds as exposure."""
+                trim_newest: bool, missing_is_zero: bool = False) -> Rates:
+    """Events per interval with the interval length in seconds as exposure; an interval
+    without data has no exposure, or zero events with `missing_is_zero` (module doc)."""
     values = _grid(series, window, step, "count")
     times = _mid_seconds(window, step, origin)
     if trim_newest and values and values[-1] is None:
         values, times = values[:-1], times[:-1]
-    return Rates(tuple(v or 0.0 for v in values), (step.total_seconds(),) * len(values), times,
-                 step.total_seconds())
+    seconds = step.total_seconds()
+    return Rates(tuple(v or 0.0 for v in values),
+                 tuple(seconds if v is not None or missing_is_zero else 0.0 for v in values),
+                 times, seconds)
 
 
 def share_rates(series: Series, window: Window, step: timedelta, origin: datetime,
