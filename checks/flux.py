@@ -33,7 +33,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from checks.influx import marker_line
-from checks.series import QUANTILE, Series, columns
+from checks.series import QUANTILE, Collector, Series, columns
 from checks.spec import CheckSpec, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
@@ -115,7 +115,7 @@ class FluxSource:
             tables = await asyncio.wait_for(
                 self._api().query_api().query(text, params=params),
                 self._config.timeout.total_seconds() + 1.0)
-            rows: dict[datetime, dict[str, float | None]] = {}
+            rows = Collector(list(names))
             quantile: float | None = None
             for table in tables:
                 for record in table.records:
@@ -129,15 +129,12 @@ class FluxSource:
                     when = record.values.get("_time")
                     if not isinstance(when, datetime):
                         continue
-                    rows.setdefault(when.astimezone(UTC), {})[key] = number
+                    rows.add(when.astimezone(UTC), key, number)
         except _FAILURES as exc:
             raise CheckError(f"InfluxDB at {self._config.url} did not answer the Flux query: "
                              f"{_describe(exc, self._config.timeout)}",
                              url=self._config.url) from None
-        times = sorted(rows)
-        return Series(start=start, stop=stop, step=step, times=tuple(times),
-                      columns={n: tuple(rows[t].get(n) for t in times) for n in names},
-                      quantile=quantile, queries=(_resolved(text, params),))
+        return rows.series(start, stop, step, quantile, (_resolved(text, params),))
 
     async def write_marker(self, *, push_id: int, release: str, phase: str,
                            verdict: str | None, at: datetime) -> None:

@@ -26,12 +26,10 @@ from typing import Any
 import aiohttp
 
 from checks.influx import marker_line
-from checks.series import QUANTILE, Series, columns
+from checks.series import QUANTILE, Collector, Series, columns
 from checks.spec import CheckSpec, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
-
-Rows = dict[int, dict[str, float | None]]
 
 
 def ident(name: str) -> str:
@@ -116,9 +114,9 @@ class InfluxQLSource:
         texts, params = statements(check, step, slower_than)
         params.update(start=_rfc3339(start), stop=_rfc3339(stop))
         results = await self._query(texts, params)
-        rows: Rows = {}
         quantile: float | None = None
         wanted = columns(check)
+        rows = Collector(wanted + (["slow"] if slower_than is not None else []))
         for result in results:
             for serie in result.get("series") or []:
                 names = list(serie.get("columns") or [])
@@ -127,19 +125,14 @@ class InfluxQLSource:
                     if "quantile" in values:
                         quantile = _number(values.pop("quantile"))
                         continue
-                    slot = rows.setdefault(int(row[0]), {})
+                    when = datetime.fromtimestamp(int(row[0]) / 1000, UTC)
                     for i, name in enumerate(names[1:]):
                         key = name if name in wanted or not check.query else \
                             (wanted[i] if i < len(wanted) else name)
-                        slot[key] = _number(row[i + 1])
-        times = sorted(rows)
-        cols = {name: tuple(rows[t].get(name) for t in times) for name in wanted}
-        if slower_than is not None:
-            cols["slow"] = tuple(rows[t].get("slow") for t in times)
-        return Series(start=start, stop=stop, step=step,
-                      times=tuple(datetime.fromtimestamp(t / 1000, UTC) for t in times),
-                      columns=cols, quantile=quantile,
-                      queries=tuple(resolve(t, params) for t in texts))
+                        if key in rows.names:
+                            rows.add(when, key, _number(row[i + 1]))
+        return rows.series(start, stop, step, quantile,
+                           tuple(resolve(t, params) for t in texts))
 
     async def _query(self, texts: list[str], params: dict[str, Any]) -> list[dict[str, Any]]:
         form = {"q": ";\n".join(texts), "db": self._config.database, "epoch": "ms",

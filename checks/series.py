@@ -15,6 +15,11 @@ for raw per-interval percentiles. Columns by kind of check:
 
 `None` is an interval without data. `queries` are the statements as sent,
 with their bound parameters written in, for the evidence.
+
+An answer may hold several series (a raw query grouped by a tag, points of
+several hosts at the same times): `Collector` sums the count columns of rows
+at the same time across them, and keeps every `value` point (times may then
+repeat), so that no series silently overwrites another.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ class Series:
     def column(self, name: str) -> tuple[float | None, ...]:
         """The column's values, or all `None` when the source did not return it."""
         return self.columns.get(name, (None,) * len(self.times))
+
+
+class Collector:
+    """Rows of one answer, from any number of its series (module doc)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._sums: dict[datetime, dict[str, float | None]] = {}
+        self._points: list[tuple[datetime, float | None]] = []
+
+    def add(self, when: datetime, name: str, value: float | None) -> None:
+        if name == "value":
+            self._points.append((when, value))
+            return
+        row = self._sums.setdefault(when, {})
+        old = row.get(name)
+        row[name] = value if old is None else old + (value or 0.0)
+
+    def series(self, start: datetime, stop: datetime, step: timedelta,
+               quantile: float | None, queries: tuple[str, ...]) -> Series:
+        names = list(self.names)
+        if "value" in names:
+            points = sorted(self._points, key=lambda p: p[0])  # stable: a series' order
+            return Series(start=start, stop=stop, step=step, times=tuple(t for t, _ in points),
+                          columns={"value": tuple(v for _, v in points)}, quantile=quantile,
+                          queries=queries)
+        times = sorted(self._sums)
+        return Series(start=start, stop=stop, step=step, times=tuple(times),
+                      columns={n: tuple(self._sums[t].get(n) for t in times) for n in names},
+                      quantile=quantile, queries=queries)
 
 
 class MetricSource(Protocol):

@@ -6,6 +6,7 @@ outcome when influxd is stopped."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,3 +166,37 @@ async def test_markers_are_written(influxd: Influxd, influx_db: str) -> None:
         await source.close()
     body = influxd.query('SELECT * FROM "pushguard_deploys"', influx_db).decode()
     assert "abc123" in body and "start" in body
+
+
+async def test_series_of_several_hosts_are_all_read(influxd: Influxd, influx_db: str) -> None:
+    """An answer with several series at the same times (points of three hosts, a raw
+    query grouped by a tag): no series overwrites another."""
+    t0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    step = timedelta(seconds=30)
+    ms = [int((t0 + i * step).timestamp() * 1000) for i in range(4)]
+    influxd.write(influx_db, [f"lat,service=shop,host={h} p95={base + i} {m}"
+                              for i, m in enumerate(ms)
+                              for h, base in (("web1", 100), ("web2", 500), ("web3", 900))]
+                  + [f"http,host={h} requests={n} {ms[0]}"
+                     for h, n in (("web1", 500), ("web2", 510))])
+    source = open_source(v1_config(influxd.url, influx_db))
+
+    def spec(**changes: object) -> CheckSpec:
+        base = CheckSpec(name="p", kind=Kind.LATENCY, measurement="lat", field="p95",
+                         bad_field="", all_field="", where=(("service", "shop"),), query=None,
+                         bad=Direction.RISE, min_change=0.2, min_absolute=0.0, critical=True,
+                         latency_mode="percentiles")
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+    try:
+        points = await source.series(spec(), t0, t0 + 4 * step, step)
+        assert sorted(v for v in points.column("value") if v is not None) == sorted(
+            base + i for i in range(4) for base in (100, 500, 900))
+        raw = ('SELECT sum("requests") AS "count" FROM "http" WHERE time >= {start} AND '
+               'time < {stop} GROUP BY time({interval}), "host"')
+        counts = await source.series(
+            spec(kind=Kind.COUNT, measurement="http", field="requests", where=(), query=raw,
+                 bad=Direction.DROP, latency_mode="threshold"), t0, t0 + 2 * step, step)
+        assert counts.column("count")[0] == 1010
+    finally:
+        await source.close()
