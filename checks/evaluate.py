@@ -82,10 +82,11 @@ async def _count(reader: Reader, check: CheckSpec, before: Window, after: Window
     scale: float | None = None
     scale_var, note = 0.0, ""
     if days:
-        refb = await reader.read(check, before.shifted(days), step, cache=True)
-        refa = await reader.read(check, after.shifted(days), step)
-        eb, xb = count_rates(refb, before.shifted(days), step, origin, trim_newest=False).total()
-        ea, xa = count_rates(refa, after.shifted(days), step, origin, trim_newest=False).total()
+        ref_before, ref_after = before.shifted(days, reader.tz), after.shifted(days, reader.tz)
+        refb = await reader.read(check, ref_before, step, cache=True)
+        refa = await reader.read(check, ref_after, step)
+        eb, xb = count_rates(refb, ref_before, step, origin, trim_newest=False).total()
+        ea, xa = count_rates(refa, ref_after, step, origin, trim_newest=False).total()
         queries += refb.queries + refa.queries
         if eb > 0 and ea > 0:
             scale = (ea / xa) / (eb / xb)
@@ -145,8 +146,8 @@ async def _levels(reader: Reader, check: CheckSpec, before: Window, after: Windo
     queries = sb.queries + sa.queries
     shift = 0.0
     if days:
-        refb = await reader.read(check, before.shifted(days), step, cache=True)
-        refa = await reader.read(check, after.shifted(days), step)
+        refb = await reader.read(check, before.shifted(days, reader.tz), step, cache=True)
+        refa = await reader.read(check, after.shifted(days, reader.tz), step)
         queries += refb.queries + refa.queries
         vb, va = levels(refb, origin).values, levels(refa, origin).values
         if vb and va:

@@ -44,7 +44,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from checks.evaluate import evaluate, severe_factor
 from checks.sequential import boundaries, look_fractions
@@ -77,11 +77,11 @@ class Guard:
     """Judges the checks of one daemon against one metric source (see the module doc)."""
 
     def __init__(self, config: GuardConfig, checks: Sequence[CheckSpec],
-                 source: MetricSource) -> None:
+                 source: MetricSource, tz: tzinfo = UTC) -> None:
         self._config = config
         self._checks = tuple(checks)
         self._source = source
-        self._reader = Reader(source)
+        self._reader = Reader(source, tz)  # tz: the clock seasonal references follow
         critical = sum(1 for c in self._checks if c.critical)
         self.budget = config.false_alarm / max(critical, 1)  # one check's, over one push
         self._bounds: dict[tuple[int, int, float], tuple[float, ...]] = {}

@@ -20,7 +20,7 @@ weight. Gauge and percentile values without data are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import numpy as np
 
@@ -37,8 +37,12 @@ class Window:
     start: datetime
     stop: datetime
 
-    def shifted(self, days: int) -> Window:
-        return Window(self.start - timedelta(days=days), self.stop - timedelta(days=days))
+    def shifted(self, days: int, tz: tzinfo = UTC) -> Window:
+        """The same window `days` earlier on the local clock of `tz` (traffic follows the
+        clock people live by: across a daylight-saving change that is 23 or 25 hours)."""
+        def back(when: datetime) -> datetime:
+            return (when.astimezone(tz) - timedelta(days=days)).astimezone(UTC)
+        return Window(back(self.start), back(self.stop))
 
     def text(self) -> list[str]:
         return [self.start.isoformat(), self.stop.isoformat()]
@@ -135,8 +139,9 @@ def levels(series: Series, origin: datetime) -> Levels:
 class Reader:
     """Reads series for the guard, caching windows that cannot change (the baseline)."""
 
-    def __init__(self, source: MetricSource) -> None:
+    def __init__(self, source: MetricSource, tz: tzinfo = UTC) -> None:
         self._source = source
+        self.tz = tz  # the local clock of seasonal references
         self._cache: dict[tuple[str, datetime, datetime, float | None], Series] = {}
 
     async def read(self, check: CheckSpec, window: Window, step: timedelta, *,

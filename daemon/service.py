@@ -93,7 +93,7 @@ class Service:
         self.store = await Store.open(config.db_path)
         tokens = Tokens.load(config.api.tokens_file)
         self.source = open_source(config.influxdb)
-        guard = Guard(config.guard, config.checks, self.source)
+        guard = Guard(config.guard, config.checks, self.source, config.daemon.timezone)
         self.fleet = Fleet(config.ssh, config.deploy, config.hosts)
         warn_if_open(config.ssh.key_file)
         self.webhooks = Webhooks(config.webhooks)

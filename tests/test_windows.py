@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -63,3 +64,17 @@ async def test_gaps_in_the_baseline_do_not_hide_a_drop() -> None:
              "field": "requests", "bad": "drop", "min_change": 0.1}
     outcome = await replay(load(scenario(check, values)))
     assert outcome.verdict == Verdict.FAIL, outcome.reason
+
+
+def test_a_seasonal_reference_keeps_the_local_clock_across_a_dst_change() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    # Monday after the spring change (Sunday 29 March 2026): 10:00 local is 08:00 UTC
+    push = datetime(2026, 3, 30, 10, 0, tzinfo=berlin).astimezone(UTC)
+    window = Window(push - timedelta(minutes=30), push)
+    week = window.shifted(7, berlin)
+    assert week.stop.astimezone(berlin).replace(tzinfo=None) == datetime(2026, 3, 23, 10, 0)
+    assert week.stop == datetime(2026, 3, 23, 9, 0, tzinfo=UTC)  # CET then: UTC+1
+    assert window.shifted(7).stop == datetime(2026, 3, 23, 8, 0, tzinfo=UTC)  # UTC: 1 h off
+    sunday = datetime(2026, 3, 29, 10, 0, tzinfo=berlin).astimezone(UTC)  # the change's day
+    day = Window(sunday - timedelta(minutes=30), sunday).shifted(1, berlin)
+    assert sunday - day.stop == timedelta(hours=23)  # Saturday 10:00 CET
