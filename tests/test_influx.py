@@ -8,6 +8,7 @@ points written to it and the query's bound parameters (the `extern` block).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -242,6 +243,7 @@ class FakeInflux2:
         self.writes: list[dict[str, Any]] = []
         self.queries: list[dict[str, Any]] = []
         self.fail_with: tuple[int, str] | None = None
+        self.ok_body: str | None = None  # a 200 answer's body in place of the annotated CSV
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -279,6 +281,8 @@ class FakeInflux2:
         if self.fail_with:
             return web.json_response({"code": "invalid", "message": self.fail_with[1]},
                                      status=self.fail_with[0])
+        if self.ok_body is not None:
+            return web.Response(text=self.ok_body, content_type="application/json")
         params = {s["assignment"]["id"]["name"]: _literal(s["assignment"]["init"])
                   for s in body["extern"]["body"]}
         text = body["query"]
@@ -418,6 +422,20 @@ async def test_v2_errors_are_check_errors(influx2: tuple[FakeInflux2, InfluxConf
     source = open_source(dead)
     try:
         with pytest.raises(CheckError, match="did not answer"):
+            await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
+    finally:
+        await source.close()
+
+
+async def test_v2_a_200_answer_that_is_not_csv_is_a_check_error(
+        influx2: tuple[FakeInflux2, InfluxConfig]) -> None:
+    """A proxy or a wrong URL can answer 200 with JSON: the guard reports the metrics
+    unavailable (a CheckError), not an internal error."""
+    fake, config = influx2
+    fake.ok_body = json.dumps({"code": "internal error", "message": "boom"})
+    source = open_source(config)
+    try:
+        with pytest.raises(CheckError, match="did not answer the Flux query"):
             await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
     finally:
         await source.close()
