@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from checks.influx import open_source
+from checks.influx import marker_line, open_source
 from checks.spec import CheckSpec, Direction, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
@@ -219,6 +219,46 @@ async def test_v1_deploy_marker_is_a_tagged_point(influxd: Influxd,
                          'WHERE "verdict" = \'fail\' AND "release" = \'v 1,2\'',
                          influx_config.database).decode()
     assert '"push 7 end: release v 1,2, fail"' in body and ",7]" in body
+
+
+TRICKY = ["x\\,y", "a=b c", "back\\slash", "two\\\\ sp", 'q"x', "t\\=u"]
+
+
+def test_marker_line_escapes_as_line_protocol_does() -> None:
+    """Tag values escape only commas, equals signs and spaces (a backslash is literal);
+    the measurement escapes commas and spaces; the string field escapes double quotes
+    and backslashes. A value ending in a backslash, or holding a newline, is refused."""
+    line = marker_line("deploy s,x", push_id=7, release="x\\,y a=b", phase="end",
+                       verdict="pass", at=T0)
+    assert line == ('deploy\\ s\\,x,phase=end,push_id=7,release=x\\\\,y\\ a\\=b,verdict=pass '
+                    'text="push 7 end: release x\\\\,y a=b, pass",push=7i ' f"{ms(T0)}")
+    for bad in ("ends\\", "two\nlines"):
+        with pytest.raises(CheckError, match="release"):
+            marker_line("m", push_id=1, release=bad, phase="end", verdict=None, at=T0)
+    with pytest.raises(CheckError, match="marker_measurement"):
+        marker_line("m\\", push_id=1, release="r", phase="end", verdict=None, at=T0)
+
+
+async def test_v1_deploy_marker_keeps_tricky_releases(influxd: Influxd,
+                                                      influx_config: InfluxConfig) -> None:
+    source = open_source(influx_config)
+    try:
+        for i, release in enumerate(TRICKY):
+            await source.write_marker(push_id=i, release=release, phase="end", verdict=None,
+                                      at=T0 + i * STEP)
+        with pytest.raises(CheckError, match="backslash"):
+            await source.write_marker(push_id=9, release="ends\\", phase="end", verdict=None,
+                                      at=T0)
+    finally:
+        await source.close()
+    body = json.loads(influxd.query('SHOW TAG VALUES FROM "pushguard_deploys" WITH KEY = '
+                                    '"release"', influx_config.database))
+    stored = {v for _, v in body["results"][0]["series"][0]["values"]}
+    assert stored == set(TRICKY)
+    body = json.loads(influxd.query('SELECT "text" FROM "pushguard_deploys"',
+                                    influx_config.database))
+    texts = [v for _, v in body["results"][0]["series"][0]["values"]]
+    assert texts == [f"push {i} end: release {r}" for i, r in enumerate(TRICKY)]
 
 
 def test_open_source_reads_secrets_from_files(tmp_path: Path) -> None:
