@@ -135,6 +135,7 @@ class FluxSource:
         except _FAILURES as exc:
             raise CheckError(f"InfluxDB at {self._config.url} did not answer the Flux query: "
                              f"{_describe(exc, self._config.timeout)}",
+                             queries=(_resolved(text, params),),
                              url=self._config.url) from None
         times = sorted(rows)
         return Series(start=start, stop=stop, step=step, times=tuple(times),

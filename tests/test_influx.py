@@ -112,10 +112,14 @@ async def test_v1_statement_error_on_http_200_is_a_check_error(
                                    'AND time < {stop} GROUP BY time({interval})')
     source = open_source(influx_config)
     try:
-        with pytest.raises(CheckError, match="statement 1 failed: undefined function bogus"):
+        with pytest.raises(CheckError, match="statement 1 failed: undefined function bogus"
+                           ) as caught:
             await source.series(spec, T0, T0 + STEP, STEP)
     finally:
         await source.close()
+    assert caught.value.queries == ('SELECT bogus("requests") FROM "http" WHERE time >= '
+                                    "'2026-03-02T10:00:00.000000Z' AND time < "
+                                    "'2026-03-02T10:00:30.000000Z' GROUP BY time(30s)",)
 
 
 async def test_v1_unknown_database_and_bad_syntax_are_check_errors(influxd: Influxd) -> None:
@@ -454,10 +458,12 @@ async def test_v2_errors_are_check_errors(influx2: tuple[FakeInflux2, InfluxConf
     fake.fail_with = (400, "compilation failed: error at @1:1: undefined identifier")
     source = open_source(config)
     try:
-        with pytest.raises(CheckError, match="HTTP 400"):
+        with pytest.raises(CheckError, match="HTTP 400") as caught:
             await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
     finally:
         await source.close()
+    (query,) = caught.value.queries  # the statement that failed, for the evidence
+    assert 'option _pg_w0 = "shop"' in query and "yield(name: \"count\")" in query
     dead = replace(config, url=f"http://127.0.0.1:{free_port()}")
     source = open_source(dead)
     try:
