@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 from influxdb_client.client.exceptions import InfluxDBError
-from influxdb_client.client.flux_csv_parser import FluxQueryException
+from influxdb_client.client.flux_csv_parser import FluxCsvParserException, FluxQueryException
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
@@ -39,8 +39,10 @@ from daemon.config import InfluxConfig
 from daemon.errors import CheckError
 
 _MS: WritePrecision = WritePrecision.MS  # type: ignore[assignment]  # a str constant
-_FAILURES = (ApiException, InfluxDBError, FluxQueryException, aiohttp.ClientError,
-             TimeoutError, OSError, ValueError, KeyError)
+# FluxCsvParserException: an HTTP 200 whose body is not annotated CSV (a proxy's JSON or
+# HTML page) is an unusable answer from the source, not a fault in the guard
+_FAILURES = (ApiException, InfluxDBError, FluxQueryException, FluxCsvParserException,
+             aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError)
 
 
 def _window(fn: str) -> str:
@@ -133,6 +135,7 @@ class FluxSource:
         except _FAILURES as exc:
             raise CheckError(f"InfluxDB at {self._config.url} did not answer the Flux query: "
                              f"{_describe(exc, self._config.timeout)}",
+                             queries=(_resolved(text, params),),
                              url=self._config.url) from None
         return rows.series(start, stop, step, quantile, (_resolved(text, params),))
 

@@ -58,9 +58,20 @@ def read_secret(path: Path, key: str) -> str:
     return secret
 
 
-def _escape_key(text: str) -> str:
-    text = text.replace("\n", " ").replace("\\", "\\\\")
-    return text.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+def _escaped(text: str, specials: str, key: str) -> str:
+    """`text` with each of `specials` preceded by a backslash, for a measurement or tag value.
+
+    Line protocol reads a backslash as an escape only before one of those characters
+    and keeps it literally elsewhere, so backslashes are left as they are. A trailing
+    backslash would escape the separator after it and a newline ends the line: neither
+    can be carried, so such a value is refused (CheckError), never rewritten.
+    """
+    if text.endswith("\\") or "\n" in text:
+        raise CheckError(f"{key} {text!r} cannot be written in line protocol: it ends with "
+                         "a backslash or holds a newline", value=text)
+    for char in specials:
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _escape_string(text: str) -> str:
@@ -69,13 +80,19 @@ def _escape_string(text: str) -> str:
 
 def marker_line(measurement: str, *, push_id: int, release: str, phase: str,
                 verdict: str | None, at: datetime) -> str:
-    """One line-protocol point for a deploy marker, with a millisecond timestamp."""
-    name = measurement.replace("\n", " ").replace("\\", "\\\\")
-    name = name.replace(",", "\\,").replace(" ", "\\ ")
+    """One line-protocol point for a deploy marker, with a millisecond timestamp.
+
+    Escaping follows the InfluxDB line-protocol reference: commas and spaces in the
+    measurement, commas, equals signs and spaces in tag values, double quotes and
+    backslashes in the `text` string field (newlines there become spaces). Raises
+    CheckError for a measurement or tag value that ends in a backslash or holds a
+    newline, which line protocol cannot represent.
+    """
+    name = _escaped(measurement, ", ", "influxdb.marker_measurement")
     tags = {"phase": phase, "push_id": str(push_id), "release": release}
     if verdict:
         tags["verdict"] = verdict
-    tag_text = ",".join(f"{k}={_escape_key(v)}" for k, v in sorted(tags.items()) if v)
+    tag_text = ",".join(f"{k}={_escaped(v, ',= ', k)}" for k, v in sorted(tags.items()) if v)
     text = f"push {push_id} {phase}: release {release}" + (f", {verdict}" if verdict else "")
     when = at if at.tzinfo else at.replace(tzinfo=UTC)
     ms = int(when.timestamp() * 1000)

@@ -138,32 +138,35 @@ class InfluxQLSource:
         form = {"q": ";\n".join(texts), "db": self._config.database, "epoch": "ms",
                 "params": json.dumps(params)}
         url = f"{self._config.url}/query"
+        queries = tuple(resolve(t, params) for t in texts)  # for a failed check's evidence
         try:
             async with self._http().post(url, data=form) as answer:
                 body = await answer.text()
                 status = answer.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CheckError(f"InfluxDB at {self._config.url} did not answer: "
-                             f"{_describe(exc, self._config.timeout)}", url=url) from None
+                             f"{_describe(exc, self._config.timeout)}", url=url,
+                             queries=queries) from None
         try:
             data = json.loads(body)
         except ValueError:
             raise CheckError(f"InfluxDB answered {status} with a body that is not JSON",
-                             url=url) from None
+                             url=url, queries=queries) from None
         if status != 200 or "error" in data:
             raise CheckError(f"InfluxDB answered {status}: {data.get('error', body[:200])}",
-                             url=url)
+                             url=url, queries=queries)
         results: list[dict[str, Any]] = data.get("results") or []
         for i, result in enumerate(results):
             if result.get("error"):
                 raise CheckError(f"InfluxDB statement {i + 1} failed: {result['error']}",
-                                 url=url, statement=i + 1)
+                                 url=url, statement=i + 1, queries=queries)
             # e.g. the server's max-row-limit cut it short: missing rows would read as
             # intervals without data, so the check cannot judge
             if result.get("partial") or any(s.get("partial") for s in result.get("series") or []):
                 text = resolve(texts[i], params) if i < len(texts) else "?"
                 raise CheckError(f"InfluxDB answered statement {i + 1} only in part "
-                                 f"(partial): {text}", url=url, statement=i + 1)
+                                 f"(partial): {text}", url=url, statement=i + 1,
+                                 queries=queries)
         return results
 
     async def write_marker(self, *, push_id: int, release: str, phase: str,

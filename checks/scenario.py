@@ -123,10 +123,11 @@ def _guard(raw: Any) -> GuardConfig:
 
 
 def _checks(raw: Any, interval: timedelta, guard: GuardConfig) -> tuple[CheckSpec, ...]:
-    tables = raw if isinstance(raw, list) else [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError("checks: expected a non-empty list of objects")
     errors: list[str] = []
     checks = []
-    for i, table in enumerate(tables):
+    for i, table in enumerate(raw):
         if not isinstance(table, dict):
             raise ScenarioError(f"checks[{i}]: expected an object")
         data = dict(table)
@@ -138,27 +139,81 @@ def _checks(raw: Any, interval: timedelta, guard: GuardConfig) -> tuple[CheckSpe
     return tuple(checks)
 
 
-def load(data: Mapping[str, Any]) -> Scenario:
-    """A scenario from its JSON object; raises ScenarioError naming the bad key."""
+def _object(raw: Any, key: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{key}: expected an object")
+    return raw
+
+
+def _list(raw: Any, key: str) -> list[Any]:
+    if not isinstance(raw, list):
+        raise ScenarioError(f"{key}: expected a list")
+    return raw
+
+
+def _numbers(raw: Any, key: str, *, nulls: bool) -> np.ndarray:
+    """A list of finite JSON numbers (and nulls, read as NaN, where `nulls`)."""
+    values = []
+    for i, v in enumerate(_list(raw, key)):
+        if v is None and nulls:
+            values.append(math.nan)
+        # bool is an int to Python, never a count to a person; NaN and Infinity are not JSON
+        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            values.append(float(v))
+        else:
+            raise ScenarioError(f"{key}[{i}]: expected a number{' or null' if nulls else ''},"
+                                f" got {v!r}")
+    return np.array(values, dtype=float)
+
+
+def _histogram(raw: Any, key: str) -> Histogram:
+    hist = _object(raw, key)
+    rows = [_numbers(row, f"{key}.counts[{i}]", nulls=False)
+            for i, row in enumerate(_list(hist.get("counts"), f"{key}.counts"))]
+    k = len(rows[0]) if rows else 0
+    for i, row in enumerate(rows):
+        if len(row) != k or not k:
+            raise ScenarioError(f"{key}.counts[{i}]: expected {k or 'at least 1'} bucket "
+                                f"count(s) like counts[0], got {len(row)}")
+    edges = _numbers(hist.get("edges"), f"{key}.edges", nulls=False)
+    if rows and len(edges) != k + 1:
+        raise ScenarioError(f"{key}.edges: expected {k + 1} edges for {k} bucket(s), "
+                            f"got {len(edges)}")
+    if np.any(np.diff(edges) <= 0):
+        raise ScenarioError(f"{key}.edges: expected increasing edges")
+    return Histogram(edges, np.array(rows, dtype=float).reshape(len(rows), k))
+
+
+def load(data: object) -> Scenario:
+    """A scenario from its JSON object; raises ScenarioError naming the bad key.
+
+    Types and shapes are checked here, so a replay never meets a malformed value:
+    `interval` > 0, `checks` a non-empty list of objects, `series` values lists of
+    numbers or nulls, histogram `edges` one longer than each row of `counts`.
+    """
+    if not isinstance(data, dict):
+        raise ScenarioError("expected a JSON object at the top level")
     try:
         interval = parse_duration(str(data.get("interval", "30s")))
     except ValueError as exc:
         raise ScenarioError(f"interval: {exc}") from None
+    if interval <= timedelta(0):
+        raise ScenarioError(f"interval: expected a duration above 0s, got {data['interval']!r}")
     guard = _guard(data.get("guard") or {})
     push = _time(data, "push")
-    waves = tuple(_time({"w": w}, "w") for w in data.get("waves") or [push.isoformat()])
+    waves = tuple(_time({f"waves[{i}]": w}, f"waves[{i}]") for i, w in
+                  enumerate(_list(data.get("waves") or [push.isoformat()], "waves")))
     if data.get("expected") not in ("harmless", "regression"):
         raise ScenarioError("expected: expected \"harmless\" or \"regression\"")
-    series = {str(k): np.array([math.nan if v is None else float(v) for v in vs])
-              for k, vs in dict(data.get("series") or {}).items()}
-    hists = {str(k): Histogram(np.asarray(h["edges"], dtype=float),
-                               np.asarray(h["counts"], dtype=float))
-             for k, h in dict(data.get("histograms") or {}).items()}
+    series = {str(k): _numbers(vs, f"series.{k}", nulls=True)
+              for k, vs in _object(data.get("series") or {}, "series").items()}
+    hists = {str(k): _histogram(h, f"histograms.{k}")
+             for k, h in _object(data.get("histograms") or {}, "histograms").items()}
     return Scenario(name=str(data.get("name", "")), expected=str(data["expected"]),
                     interval=interval, start=_time(data, "start"), push=push, waves=waves,
-                    guard=guard,
-                    checks=_checks(data.get("checks", data.get("check")), interval, guard),
-                    series=series, histograms=hists, notes=dict(data.get("notes") or {}))
+                    guard=guard, checks=_checks(data.get("checks"), interval, guard),
+                    series=series, histograms=hists,
+                    notes=_object(data.get("notes") or {}, "notes"))
 
 
 class ScenarioSource:
@@ -330,7 +385,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         scenario = load(json.loads(args.scenario.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ScenarioError and JSONDecodeError are ValueErrors
         print(f"{args.scenario}: {exc}", file=sys.stderr)
         return 2
     result = asyncio.run(replay(scenario))

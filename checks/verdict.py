@@ -209,7 +209,7 @@ class Guard:
                                    self._config.seasonal_days)
         except CheckError as exc:
             self._source_down(exc.message)
-            return result(Verdict.INCONCLUSIVE, f"{UNAVAILABLE}: {exc.message}")
+            return result(Verdict.INCONCLUSIVE, f"{UNAVAILABLE}: {exc.message}", exc.queries)
         except Exception as exc:  # the contract: a look never raises
             log.exception("check %r could not be judged", check.name)
             return result(Verdict.INCONCLUSIVE, f"{UNAVAILABLE}: internal error: {exc!r}")

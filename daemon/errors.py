@@ -106,9 +106,17 @@ class HostError(PushguardError):
 
 
 class CheckError(PushguardError):
-    """A metric source could not answer (down, slow, a bad query)."""
+    """A metric source could not answer (down, slow, a bad query).
+
+    `queries` holds the resolved statement(s) the source was asked, when there were
+    any, so a failed check's evidence shows what failed.
+    """
 
     code = "check_error"
+
+    def __init__(self, message: str, *, queries: Sequence[str] = (), **details: object) -> None:
+        super().__init__(message, **details)
+        self.queries = tuple(queries)
 
 
 class Busy(Conflict):

@@ -157,6 +157,25 @@ async def test_stopped_influxd_is_inconclusive_never_pass(tmp_path: Path,
         server.stop()
 
 
+async def test_a_failed_query_is_in_the_evidence(influxd: Influxd, influx_db: str) -> None:
+    """A raw-query typo answered 400: the check is inconclusive and its evidence shows the
+    statement that failed, with the times bound, as a successful check's does."""
+    typo = replace(checks("calm")[1], query='SELECT sum("requests") AS "count" FROM "http" '
+                   'WHERE time >= {start} AND time < {stop} GROUP BY time({interval}) fil(null)')
+    source = open_source(v1_config(influxd.url, influx_db))
+    try:
+        look = await Guard(GUARD, [typo], source).look(
+            push_id=1, wave=1, waves=1, baseline=(PUSH - GUARD.baseline, PUSH),
+            after=(PUSH + GUARD.warmup, PUSH + GUARD.bake), look=5, looks=5, final=True)
+    finally:
+        await source.close()
+    (r,) = look.results
+    assert r.verdict == Verdict.INCONCLUSIVE and "InfluxDB answered 400" in r.reason
+    (query,) = r.queries
+    assert query.startswith('SELECT sum("requests")') and "fil(null)" in query
+    assert "time >= '2026-03-02T11:50:00.000000Z'" in query  # the baseline's start, bound
+
+
 async def test_markers_are_written(influxd: Influxd, influx_db: str) -> None:
     source = open_source(v1_config(influxd.url, influx_db))
     guard = Guard(GUARD, checks("calm"), source)

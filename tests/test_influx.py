@@ -8,6 +8,7 @@ points written to it and the query's bound parameters (the `extern` block).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -19,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from checks.influx import open_source
+from checks.influx import marker_line, open_source
 from checks.spec import CheckSpec, Direction, Kind
 from daemon.config import InfluxConfig
 from daemon.errors import CheckError
@@ -111,10 +112,14 @@ async def test_v1_statement_error_on_http_200_is_a_check_error(
                                    'AND time < {stop} GROUP BY time({interval})')
     source = open_source(influx_config)
     try:
-        with pytest.raises(CheckError, match="statement 1 failed: undefined function bogus"):
+        with pytest.raises(CheckError, match="statement 1 failed: undefined function bogus"
+                           ) as caught:
             await source.series(spec, T0, T0 + STEP, STEP)
     finally:
         await source.close()
+    assert caught.value.queries == ('SELECT bogus("requests") FROM "http" WHERE time >= '
+                                    "'2026-03-02T10:00:00.000000Z' AND time < "
+                                    "'2026-03-02T10:00:30.000000Z' GROUP BY time(30s)",)
 
 
 async def test_v1_unknown_database_and_bad_syntax_are_check_errors(influxd: Influxd) -> None:
@@ -220,6 +225,46 @@ async def test_v1_deploy_marker_is_a_tagged_point(influxd: Influxd,
     assert '"push 7 end: release v 1,2, fail"' in body and ",7]" in body
 
 
+TRICKY = ["x\\,y", "a=b c", "back\\slash", "two\\\\ sp", 'q"x', "t\\=u"]
+
+
+def test_marker_line_escapes_as_line_protocol_does() -> None:
+    """Tag values escape only commas, equals signs and spaces (a backslash is literal);
+    the measurement escapes commas and spaces; the string field escapes double quotes
+    and backslashes. A value ending in a backslash, or holding a newline, is refused."""
+    line = marker_line("deploy s,x", push_id=7, release="x\\,y a=b", phase="end",
+                       verdict="pass", at=T0)
+    assert line == ('deploy\\ s\\,x,phase=end,push_id=7,release=x\\\\,y\\ a\\=b,verdict=pass '
+                    'text="push 7 end: release x\\\\,y a=b, pass",push=7i ' f"{ms(T0)}")
+    for bad in ("ends\\", "two\nlines"):
+        with pytest.raises(CheckError, match="release"):
+            marker_line("m", push_id=1, release=bad, phase="end", verdict=None, at=T0)
+    with pytest.raises(CheckError, match="marker_measurement"):
+        marker_line("m\\", push_id=1, release="r", phase="end", verdict=None, at=T0)
+
+
+async def test_v1_deploy_marker_keeps_tricky_releases(influxd: Influxd,
+                                                      influx_config: InfluxConfig) -> None:
+    source = open_source(influx_config)
+    try:
+        for i, release in enumerate(TRICKY):
+            await source.write_marker(push_id=i, release=release, phase="end", verdict=None,
+                                      at=T0 + i * STEP)
+        with pytest.raises(CheckError, match="backslash"):
+            await source.write_marker(push_id=9, release="ends\\", phase="end", verdict=None,
+                                      at=T0)
+    finally:
+        await source.close()
+    body = json.loads(influxd.query('SHOW TAG VALUES FROM "pushguard_deploys" WITH KEY = '
+                                    '"release"', influx_config.database))
+    stored = {v for _, v in body["results"][0]["series"][0]["values"]}
+    assert stored == set(TRICKY)
+    body = json.loads(influxd.query('SELECT "text" FROM "pushguard_deploys"',
+                                    influx_config.database))
+    texts = [v for _, v in body["results"][0]["series"][0]["values"]]
+    assert texts == [f"push {i} end: release {r}" for i, r in enumerate(TRICKY)]
+
+
 def test_open_source_reads_secrets_from_files(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret-value\n")
@@ -242,6 +287,7 @@ class FakeInflux2:
         self.writes: list[dict[str, Any]] = []
         self.queries: list[dict[str, Any]] = []
         self.fail_with: tuple[int, str] | None = None
+        self.ok_body: str | None = None  # a 200 answer's body in place of the annotated CSV
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -279,6 +325,8 @@ class FakeInflux2:
         if self.fail_with:
             return web.json_response({"code": "invalid", "message": self.fail_with[1]},
                                      status=self.fail_with[0])
+        if self.ok_body is not None:
+            return web.Response(text=self.ok_body, content_type="application/json")
         params = {s["assignment"]["id"]["name"]: _literal(s["assignment"]["init"])
                   for s in body["extern"]["body"]}
         text = body["query"]
@@ -410,14 +458,30 @@ async def test_v2_errors_are_check_errors(influx2: tuple[FakeInflux2, InfluxConf
     fake.fail_with = (400, "compilation failed: error at @1:1: undefined identifier")
     source = open_source(config)
     try:
-        with pytest.raises(CheckError, match="HTTP 400"):
+        with pytest.raises(CheckError, match="HTTP 400") as caught:
             await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
     finally:
         await source.close()
+    (query,) = caught.value.queries  # the statement that failed, for the evidence
+    assert 'option _pg_w0 = "shop"' in query and "yield(name: \"count\")" in query
     dead = replace(config, url=f"http://127.0.0.1:{free_port()}")
     source = open_source(dead)
     try:
         with pytest.raises(CheckError, match="did not answer"):
+            await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
+    finally:
+        await source.close()
+
+
+async def test_v2_a_200_answer_that_is_not_csv_is_a_check_error(
+        influx2: tuple[FakeInflux2, InfluxConfig]) -> None:
+    """A proxy or a wrong URL can answer 200 with JSON: the guard reports the metrics
+    unavailable (a CheckError), not an internal error."""
+    fake, config = influx2
+    fake.ok_body = json.dumps({"code": "internal error", "message": "boom"})
+    source = open_source(config)
+    try:
+        with pytest.raises(CheckError, match="did not answer the Flux query"):
             await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
     finally:
         await source.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -221,6 +222,63 @@ def test_judge_refuses_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     broken.write_text(json.dumps({**data(), "guard": {"canary_share": 1.5}}))
     assert judge.main([str(broken)]) == 2
     assert "canary_share" in capsys.readouterr().err
+
+
+HIST = {"edges": [0, 100, 200], "counts": [[5, 1], [4, 2]]}
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"interval": "0s"}, "interval"),
+    ({"series": {"requests": 5}}, "series.requests"),
+    ({"series": [1, 2]}, "series"),
+    ({"series": {"requests": [1, "a"]}}, "series.requests[1]"),
+    ({"series": {"requests": [1, True]}}, "series.requests[1]"),
+    ({"series": {"requests": [1, math.nan]}}, "series.requests[1]"),
+    ({"notes": [1]}, "notes"),
+    ({"checks": None}, "checks"),
+    ({"checks": []}, "checks"),
+    ({"checks": "x"}, "checks"),
+    ({"checks": [RATIO, 3]}, "checks[1]"),
+    ({"waves": "2026-03-02T12:00:00+00:00"}, "waves"),
+    ({"waves": [PUSH.isoformat(), 5]}, "waves[1]"),
+    ({"histograms": [1]}, "histograms"),
+    ({"histograms": {"ms": 3}}, "histograms.ms"),
+    ({"histograms": {"ms": {"counts": [[1]]}}}, "histograms.ms.edges"),
+    ({"histograms": {"ms": {**HIST, "edges": [0]}}}, "histograms.ms.edges"),
+    ({"histograms": {"ms": {**HIST, "edges": [0, 200, 100]}}}, "histograms.ms.edges"),
+    ({"histograms": {"ms": {**HIST, "counts": [[1], [1, 2]]}}}, "histograms.ms.counts[1]"),
+    ({"histograms": {"ms": {**HIST, "counts": 7}}}, "histograms.ms.counts"),
+    ({"histograms": {"ms": {"edges": [0, 1], "counts": [[None]]}}}, "histograms.ms.counts[0][0]"),
+])
+def test_judge_names_the_key_of_a_malformed_file(changes: dict[str, Any], key: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed file is exit status 2 and one line naming the key, never a traceback
+    or a verdict (status 1 would read as "not the expected verdict")."""
+    raw = {**data(), **changes}
+    if raw["checks"] is None:
+        del raw["checks"]
+    with pytest.raises(judge.ScenarioError, match=rf"^{re.escape(key)}: "):
+        load(raw)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(raw))
+    assert judge.main([str(broken)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and f": {key}: " in err
+
+
+@pytest.mark.parametrize("top", [[1, 2], "hello", 5, None])
+def test_judge_refuses_a_file_that_is_not_an_object(top: Any, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(top))
+    assert judge.main([str(broken)]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_scenario_histograms_are_read() -> None:
+    hist = load({**data(), "histograms": {"ms": HIST}}).histograms["ms"]
+    assert hist.edges.tolist() == [0, 100, 200] and hist.counts.shape == (2, 2)
 
 
 def replace_check(raw: dict[str, Any], **changes: Any) -> dict[str, Any]:
