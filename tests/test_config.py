@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +26,19 @@ def run_check(path: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
 
 
-def test_root_config_is_valid() -> None:
-    result = run_check(ROOT / "config.toml")
+def sandbox(tmp_path: Path, text: str = GOOD) -> Path:
+    """`text` as tmp_path/config.toml, with the files its relative paths name."""
+    for name in ("var/tokens", "var/ssh/id_ed25519", "var/ssh/known_hosts"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "var/demo/app.git").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_root_config_is_valid(tmp_path: Path) -> None:
+    result = run_check(sandbox(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     loaded = config.load(ROOT / "config.toml")
@@ -127,3 +139,32 @@ def test_days_parsing() -> None:
     assert config.parse_days("mon,wed,sun") == frozenset({0, 2, 6})
     with pytest.raises(ValueError):
         config.parse_days("fri-mon")
+
+
+@pytest.mark.parametrize(("key", "spoil"), [
+    ("api.tokens_file", lambda d: (d / "var/tokens").unlink()),
+    ("api.tokens_file", lambda d: ((d / "var/tokens").unlink(), (d / "var/tokens").mkdir())),
+    ("source.repo", lambda d: (d / "var/demo/app.git").rmdir()),
+    ("ssh.key_file", lambda d: (d / "var/ssh/id_ed25519").unlink()),
+    ("ssh.known_hosts", lambda d: (d / "var/ssh/known_hosts").unlink()),
+])
+def test_check_config_and_serve_refuse_what_serve_cannot_use(
+        tmp_path: Path, key: str, spoil: Callable[[Path], object]) -> None:
+    """The unit's ExecStartPre gate must refuse what `serve` would fail on."""
+    path = sandbox(tmp_path)
+    spoil(tmp_path)
+    for argv in (["check-config", "-c", str(path)],
+                 ["serve", "-c", str(path), "--log-level", "error"]):
+        result = subprocess.run([sys.executable, "-m", "daemon", *argv], capture_output=True,
+                                text=True, cwd=ROOT, timeout=60, check=False)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert f"{path}: {key}: cannot " in result.stderr, result.stderr
+    assert not (tmp_path / "var/pushguard.db").exists()
+
+
+def test_check_config_refuses_an_unresolvable_listen_host(tmp_path: Path) -> None:
+    path = sandbox(tmp_path, GOOD.replace('listen = "127.0.0.1:8470"',
+                                          'listen = "no-such-host.invalid:8470"'))
+    result = run_check(path)
+    assert result.returncode == 2
+    assert f"{path}: api.listen: cannot resolve" in result.stderr, result.stderr

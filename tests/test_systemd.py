@@ -57,6 +57,22 @@ def test_unit_has_what_the_issue_asks() -> None:
         assert line in text, line
 
 
+def test_a_config_error_stops_the_restarts(tmp_path: Path) -> None:
+    """`serve` exits with the status the unit names in RestartPreventExitStatus= on a
+    bad config, so Restart=on-failure does not loop on it. systemd applies that
+    setting to the main process only, so no ExecStartPre= may stand in for it."""
+    text = UNIT.read_text()
+    match = re.search(r"^RestartPreventExitStatus=(\d+)$", text, re.M)
+    assert match, "no RestartPreventExitStatus="
+    assert "ExecStartPre=" not in text
+    config, _ = _quiet_config(tmp_path)
+    (tmp_path / "tokens").unlink()
+    result = subprocess.run([sys.executable, "-m", "daemon", "serve", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == int(match.group(1)), result.stderr
+    assert "api.tokens_file" in result.stderr
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
     path = tmp_path / "notify.sock"
