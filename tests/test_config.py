@@ -168,3 +168,77 @@ def test_check_config_refuses_an_unresolvable_listen_host(tmp_path: Path) -> Non
     result = run_check(path)
     assert result.returncode == 2
     assert f"{path}: api.listen: cannot resolve" in result.stderr, result.stderr
+
+
+NO_CHECKS = re.sub(r"\[\[checks\]\].*?(?=\[\[webhooks\]\])", "", GOOD, flags=re.S)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ('every = "20m"', 'every = "99999999999d"', "schedule.every", "too long"),
+        ('every = "20m"', 'every = "3000000d"', "schedule.every", "at most 1d"),
+        ('every = "20m"', 'every = "25h"', "schedule.every", "at most 1d"),
+        ('bake = "10m"', 'bake = "9999999999999999999999s"', "guard.bake", "too long"),
+        ('baseline = "30m"', 'baseline = "400d"', "guard.baseline", "at most 366d"),
+        ('on_inconclusive = "halt"', 'on_inconclusive = "extend:99999999999d"',
+         "guard.on_inconclusive", "too long"),
+        ('look_every = "30s"', 'look_every = "2500ms"', "guard.look_every", "whole seconds"),
+        ('warmup = "1m"', 'warmup = "10m"', "guard.warmup",
+         "`warmup` + `look_every` must fit in `bake`"),
+        ('warmup = "1m"', 'warmup = "9m45s"'.replace("9m45s", "585s"), "guard.warmup",
+         "`warmup` + `look_every` must fit in `bake`"),
+        ('kind = "ratio"', 'kind = "ratio"\nstep = "10m"', "checks[0].step",
+         "longer than `bake` - `warmup`"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{adress}:8080/health"', "deploy.health_url", "{adress}"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{address:8080/health"', "deploy.health_url", "template"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{0}:8080/health"', "deploy.health_url", "{0}"),
+        ('address = "127.0.0.3"', 'address = "127.0.0.2"', "hosts",
+         "127.0.0.2 port 2222 is used by more than one host"),
+        ('window = "09:00-17:00"', 'window = "09:00-24:30"', "schedule.window", "24:00"),
+    ],
+)
+def test_more_bad_configs_name_the_key(tmp_path: Path, old: str, new: str, key: str,
+                                       expected: str) -> None:
+    assert old in GOOD, old
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    lines = [p for p in info.value.problems if f": {key}: " in p]
+    assert lines and expected in lines[0], info.value.problems
+
+
+def test_good_edges_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    for old, new in [('window = "09:00-17:00"', 'window = "09:00-24:00"'),
+                     ('every = "20m"', 'every = "1d"'),
+                     ('warmup = "1m"', 'warmup = "570s"'),
+                     ('kind = "ratio"', 'kind = "ratio"\nstep = "9m"'),
+                     ('health_url = "http://{address}:8080/health"',
+                      'health_url = "http://{name}.web:{port}/health"'),
+                     ('path = "/srv/app"', 'path = "/srv/app/{name}"')]:
+        path.write_text(GOOD.replace(old, new, 1))
+        config.load(path)
+    same = GOOD.replace('address = "127.0.0.3"', 'address = "127.0.0.2"', 1)
+    path.write_text(same.replace('path = "/srv/app"', 'path = "/srv/{name}/app"', 1))
+    assert len({h.address for h in config.load(path).hosts}) == 2
+
+
+@pytest.mark.parametrize("text", [
+    NO_CHECKS,
+    GOOD.replace("critical = true", "critical = false"),
+], ids=["no-checks", "all-advisory"])
+def test_a_config_without_a_critical_check_is_refused_unless_allowed(
+        tmp_path: Path, text: str) -> None:
+    path = tmp_path / "unguarded.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    lines = [p for p in info.value.problems if ": checks: " in p]
+    assert lines and "no critical check" in lines[0] and "unguarded" in lines[0], lines
+    path.write_text(text.replace("[guard]\n", "[guard]\nallow_unguarded = true\n", 1))
+    assert not [c for c in config.load(path).checks if c.critical]
