@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from daemon import client, logs
+from daemon import client, logs, preflight
 from daemon import config as config_module
 from daemon.errors import ConfigError, PushguardError
 
@@ -19,9 +19,16 @@ log = logging.getLogger("pushguard")
 DEFAULT_CONFIG = os.environ.get("PUSHGUARD_CONFIG", "config.toml")
 
 
+def _load(path: str) -> config_module.Config:
+    """The config at `path`, and what it names usable (ConfigError if not)."""
+    config = config_module.load(path)
+    preflight.check(config)
+    return config
+
+
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        config = config_module.load(args.config)
+        config = _load(args.config)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
@@ -55,7 +62,7 @@ def summary(config: config_module.Config) -> str:
 def _serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
-        config = config_module.load(args.config)
+        config = _load(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

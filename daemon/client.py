@@ -7,7 +7,8 @@ PUSHGUARD_TOKEN_FILE) and --json (print the API's JSON as is).
 
 Exit codes: 0 done; 1 the API could not be reached or answered with an
 error (one line on stderr: the status, the error code and the message);
-2 bad usage; 3 `watch` saw the push end without passing; 130 interrupted.
+2 bad usage (also a bad URL, token or interval: one line); 3 `watch` saw the
+push end without passing; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,10 +35,19 @@ class ClientError(Exception):
     """A one-line explanation for the user; the command exits 1."""
 
 
+class UsageError(ClientError):
+    """Bad input on the command line or in the environment; the command exits 2."""
+
+
+# a longer poll interval is a mistake; a far longer one overflows time.sleep
+_MAX_INTERVAL = 3600.0
+
+
 class Api:
     """The REST API at `url`, called with an optional bearer token."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 10.0) -> None:
+        _check_url(url)
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -65,6 +76,28 @@ class Api:
             raise ClientError(f"{self.url}{path} did not answer JSON: {exc}") from None
 
 
+def _check_url(url: str) -> None:
+    """UsageError unless `url` is an http(s) URL with a host (and a valid port)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"bad API URL {url!r} (--url or PUSHGUARD_URL): expected "
+                         "http://HOST:PORT")
+
+
+def _check_token(token: str) -> str:
+    # an HTTP header carries Latin-1 at most, and the server's tokens have no spaces
+    if not all(33 <= ord(c) < 127 for c in token):
+        raise UsageError("the token holds spaces, control or non-ASCII characters; "
+                         "tokens are printable ASCII (check --token, --token-file, "
+                         "PUSHGUARD_TOKEN)")
+    return token
+
+
 def _api_error(exc: urllib.error.HTTPError) -> str:
     try:
         error = json.loads(exc.read())["error"]
@@ -75,10 +108,10 @@ def _api_error(exc: urllib.error.HTTPError) -> str:
 
 def _token(args: Args) -> str | None:
     if args.token:
-        return str(args.token)
+        return _check_token(str(args.token))
     path = args.token_file or os.environ.get("PUSHGUARD_TOKEN_FILE")
     if not path and os.environ.get("PUSHGUARD_TOKEN"):
-        return os.environ["PUSHGUARD_TOKEN"]
+        return _check_token(os.environ["PUSHGUARD_TOKEN"])
     if not path:
         return None
     try:
@@ -87,7 +120,7 @@ def _token(args: Args) -> str | None:
         raise ClientError(f"cannot read the token file {path}: {exc}") from None
     for line in lines:
         if line.strip() and not line.lstrip().startswith("#"):
-            return line.strip()
+            return _check_token(line.strip())
     raise ClientError(f"the token file {path} holds no token")
 
 
@@ -271,6 +304,9 @@ class _Watch:
 
 def _watch(api: Api, args: Args, out: TextIO) -> int:
     """Follow push `args.push`, or the running one, or the next one to start."""
+    if not 0 < args.interval <= _MAX_INTERVAL:  # also false for nan
+        raise UsageError(f"--interval: expected seconds between 0 and {_MAX_INTERVAL:g}, "
+                         f"got {args.interval:g}")
     push_id = args.push
     waiting = False
     while push_id is None:
@@ -297,6 +333,9 @@ def _run(command: Command, args: Args) -> int:
     try:
         api = Api(args.url or os.environ.get("PUSHGUARD_URL") or DEFAULT_URL, _token(args))
         return command(api, args, sys.stdout)
+    except UsageError as exc:
+        print(f"pushguard: {exc}", file=sys.stderr)
+        return 2
     except ClientError as exc:
         print(f"pushguard: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -17,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from checks.spec import CheckSpec, parse_check
 from daemon.errors import ConfigError
-from daemon.tomlread import Table
+from daemon.tomlread import LONGEST, Table, format_duration
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # of a push's false-alarm budget, for the canary bake (checks.verdict)
@@ -183,11 +184,12 @@ def load(path: Path | str, asked: set[str] | None = None) -> Config:
         ssh=root.parse("ssh", lambda t: _ssh(t, base)),
         hosts=_hosts(root),
         influxdb=root.parse("influxdb", lambda t: _influx(t, base)),
-        guard=root.parse("guard", parse_guard),
+        guard=root.parse("guard", _guard_and_opt_out),
         checks=_checks(root),
         webhooks=tuple(_webhook(t) for t in root.tables("webhooks", required=False)),
     )
     root.finish()
+    _check_together(root, config)
     if errors:
         raise ConfigError(errors)
     return config
@@ -252,12 +254,15 @@ def _schedule(t: Table, tz: ZoneInfo) -> ScheduleConfig:
     if not match or int(match[1]) > 23 or int(match[3]) > 24 or int(match[2]) > 59 \
             or int(match[4]) > 59:
         t.error("window", f"expected HH:MM-HH:MM like \"09:00-17:00\", got {window!r}")
+    elif match[3] == "24" and match[4] != "00":
+        t.error("window", f"a window may end at 24:00 but not after it, got {window!r}")
     else:
         start = time(int(match[1]), int(match[2]))
         end = time(23, 59, 59) if match[3] == "24" else time(int(match[3]), int(match[4]))
         if end <= start:
             t.error("window", f"the window ends before it starts: {window!r}")
-    every = t.duration("every", "20m", minimum=timedelta(seconds=1))
+    # a slot a day at most: the slots are laid out per day
+    every = t.duration("every", "20m", minimum=timedelta(seconds=1), maximum=timedelta(days=1))
     jitter = t.duration("jitter", "0s")
     if every and jitter >= every:
         t.error("jitter", "expected less than `every`")
@@ -303,6 +308,8 @@ def _deploy(t: Table) -> DeployConfig:
     if health_url is not None:
         t.check("health_url", health_url.startswith(("http://", "https://")),
                 f"expected an http:// or https:// URL, got {health_url!r}")
+        if (problem := _health_url_problem(health_url)) is not None:
+            t.error("health_url", problem)
     host_timeout = t.duration("host_timeout", "2m", minimum=timedelta(seconds=1))
     command_timeout = t.duration("command_timeout", "60s", minimum=timedelta(seconds=1))
     return DeployConfig(
@@ -317,6 +324,24 @@ def _deploy(t: Table) -> DeployConfig:
         command_timeout=command_timeout,
         on_regression=t.choice("on_regression", ("halt", "rollback"), "halt"),
     )
+
+
+# what daemon.hostrun fills into deploy.health_url per host
+HEALTH_URL_FIELDS = ("address", "name", "port")
+
+
+def _health_url_problem(template: str) -> str | None:
+    """Why `template` cannot be filled per host, or None."""
+    allowed = ", ".join(f"{{{f}}}" for f in HEALTH_URL_FIELDS)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        unknown = [f for f in fields if f not in HEALTH_URL_FIELDS]
+        if unknown:
+            return f"unknown field {{{unknown[0]}}} in {template!r}; the fields are {allowed}"
+        template.format(address="192.0.2.1", name="web1", port=22)
+    except (ValueError, IndexError, KeyError) as exc:
+        return f"not a template with the fields {allowed} ({exc}): {template!r}"
+    return None
 
 
 def _ssh(t: Table, base: Path) -> SshConfig:
@@ -392,6 +417,60 @@ def _influx(t: Table, base: Path) -> InfluxConfig:
     return config
 
 
+def _guard_and_opt_out(t: Table) -> GuardConfig:
+    guard = parse_guard(t)
+    # config.toml only (not a scenario's guard): read here, used by _check_together
+    t.flag("allow_unguarded", False)
+    return guard
+
+
+def _check_together(root: Table, config: Config) -> None:
+    """Rules over more than one table: each problem names one key."""
+    if not root.errors:  # a half-read config would give follow-on errors
+        _check_bake(root, config.guard, config.checks)
+        _check_hosts_apart(root, config.deploy, config.hosts)
+    guard = root.data.get("guard")
+    allowed = isinstance(guard, dict) and guard.get("allow_unguarded") is True
+    if not allowed and not any(check.critical for check in config.checks):
+        root.error("checks", "no critical check: every push would pass unguarded; add a "
+                             "[[checks]] table with critical = true, or set "
+                             "[guard] allow_unguarded = true to push without a guard")
+
+
+def _check_bake(root: Table, guard: GuardConfig, checks: tuple[CheckSpec, ...]) -> None:
+    g = root.table("guard")
+    if guard.look_every.total_seconds() % 1:
+        # InfluxQL's GROUP BY time() grid is whole seconds; a fractional look misaligns it
+        g.error("look_every", f"expected whole seconds, got {g.data['look_every']!r}")
+    if guard.warmup + guard.look_every > guard.bake:
+        g.error("warmup", "`warmup` + `look_every` must fit in `bake`, or no look ever "
+                          f"judges (warmup {format_duration(guard.warmup)}, look_every "
+                          f"{format_duration(guard.look_every)}, bake "
+                          f"{format_duration(guard.bake)})")
+        return
+    judged = guard.bake - guard.warmup
+    for i, check in enumerate(checks):
+        if check.step is not None and check.step > judged:
+            root.error(f"checks[{i}].step",
+                       f"{format_duration(check.step)} is longer than `bake` - `warmup` "
+                       f"({format_duration(judged)}): no interval would ever be judged")
+
+
+def _check_hosts_apart(root: Table, deploy: DeployConfig, hosts: tuple[HostConfig, ...]) -> None:
+    if "{name}" in deploy.path:
+        return  # hosts sharing one machine deploy to folders of their own
+    seen: dict[tuple[str, int], str] = {}
+    for host in hosts:
+        where = (host.address.lower(), host.port)
+        if where in seen:
+            root.error("hosts", f"{host.address} port {host.port} is used by more than one "
+                                f"host ({seen[where]!r} and {host.name!r}); they would deploy "
+                                "into the same deploy.path: put {name} in it to share a "
+                                "machine")
+        else:
+            seen[where] = host.name
+
+
 def parse_guard(t: Table) -> GuardConfig:
     """The `[guard]` table (also a scenario file's `guard` object)."""
     seasonal = t.text("seasonal", "off")
@@ -410,6 +489,9 @@ def parse_guard(t: Table) -> GuardConfig:
 
             extend = parse_duration(policy.removeprefix("extend:"))
             policy = "extend"
+            if extend > LONGEST:
+                t.error("on_inconclusive", f"expected an extension of at most "
+                                           f"{format_duration(LONGEST)}, got {extend}")
         except ValueError as exc:
             t.error("on_inconclusive", str(exc))
     elif policy not in ("halt", "pass"):

@@ -60,9 +60,16 @@ async def resolve_ref(repo: Path, ref: str) -> str:
                           "exist or cannot be read (the daemon's log says which)",
                           ref=ref) from exc
     commit = out.decode(errors="replace").strip()
+    reason = err.decode(errors="replace")[-500:].strip()
+    # `rev-parse --verify --quiet` says nothing and exits 1 for a ref that names no
+    # commit; anything else (exit 128, a message) is git unable to read the repository
+    if status != 0 and (status != 1 or reason):
+        log.error("cannot resolve ref %r in %s: git exit %s: %s", ref, repo, status,
+                  reason or "no stderr")
+        raise SourceError(f"cannot resolve ref {ref!r}: git cannot read the source "
+                          "repository (the daemon's log says why)", ref=ref)
     if status != 0 or not _COMMIT_ID.fullmatch(commit):
-        log.info("ref %r names no commit in %s (git exit %s): %s", ref, repo, status,
-                 err.decode(errors="replace")[-500:].strip() or "no stderr")
+        log.info("ref %r names no commit in %s (git exit %s)", ref, repo, status)
         raise SourceError(f"unknown ref {ref!r}: it names no commit of the source repository",
                           ref=ref)
     return commit
@@ -135,9 +142,13 @@ async def _git(repo: Path, *args: str) -> tuple[int, bytes, bytes]:
     """Run git in `repo` with `args` as an argument vector; (status, stdout, stderr)."""
     if not await asyncio.to_thread(repo.is_dir):
         raise SourceError(f"source repository {repo} does not exist", repo=str(repo))
+    # the service's (dynamic) user does not own the repository, and git >= 2.35.2
+    # refuses a repository owned by someone else unless it is named safe, by the
+    # real path git itself sees after -C
+    real = await asyncio.to_thread(os.path.realpath, repo)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "git", "-C", str(repo), *args,
+            "git", "-c", f"safe.directory={real}", "-C", str(repo), *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -21,6 +21,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 REQUIRED: Any = object()  # the default that marks a key as required
+# no setting wants more; far longer ones overflow date arithmetic later
+LONGEST = timedelta(days=366)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -28,7 +30,18 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"expected a duration like \"30s\", \"10m\" or \"2h\", got {text!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"the duration is too long: {text!r}") from None
+
+
+def format_duration(value: timedelta) -> str:
+    """"1d", "90s", "0.5s": the shortest of days or seconds that says `value`."""
+    seconds = value.total_seconds()
+    if seconds and seconds % 86400 == 0:
+        return f"{seconds / 86400:g}d"
+    return f"{seconds:g}s"
 
 
 def _type_name(value: object) -> str:
@@ -129,7 +142,8 @@ class Table:
         return value
 
     def duration(self, name: str, default: Any = REQUIRED, *,
-                 minimum: timedelta = timedelta(0)) -> timedelta:
+                 minimum: timedelta = timedelta(0),
+                 maximum: timedelta = LONGEST) -> timedelta:
         text = self._typed(name, default, (str,), 'a duration string like "30s"', None)
         if text is None:
             return timedelta(0)
@@ -142,6 +156,9 @@ class Table:
             return timedelta(0)
         if value < minimum:
             self.error(name, f"expected at least {minimum.total_seconds():g}s, got {text!r}")
+        elif value > maximum:
+            self.error(name, f"expected at most {format_duration(maximum)}, got {text!r}")
+            return maximum
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = REQUIRED) -> str:

@@ -66,7 +66,10 @@ def write_config(path: Path, *, state_dir: Path, repo: Path, hosts: Sequence[Sec
                             "timeout": "2s"}),
         _table("guard", {"baseline": "20s", "warmup": "1s", "bake": "4s",
                          "look_every": "1s", "false_alarm": 0.01, "seasonal": "off",
-                         "on_inconclusive": "halt", **(guard or {})}),
+                         "on_inconclusive": "halt",
+                         # most tests push without a guard; the config must say so
+                         "allow_unguarded": not any(c.get("critical", True) for c in checks),
+                         **(guard or {})}),
         *(_table("checks", check, array=True) for check in checks),
         *(_table("webhooks", hook, array=True) for hook in webhooks),
     ]

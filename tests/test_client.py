@@ -199,3 +199,24 @@ async def test_watch_of_a_failed_push_exits_3(env: Env, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "activate  failed" in out and "exit 1: reload failed" in out
     assert out.splitlines()[-1].startswith("push 1: failed fail")
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["watch", "--interval", "-1"], "--interval"),
+    (["watch", "--interval", "0"], "--interval"),
+    (["watch", "--interval", "nan"], "--interval"),
+    (["status", "--url", "http://[::1"], "http://[::1"),
+    (["status", "--url", "127.0.0.1:8470"], "127.0.0.1:8470"),
+    (["status", "--url", "http://127.0.0.1:99999"], "127.0.0.1:99999"),
+    (["status", "--token", "tökén-ключ-1234567890"], "token"),
+    (["status", "--token", "abc\ndef"], "token"),
+])
+async def test_bad_input_is_one_line_and_exit_2(argv: list[str], expected: str,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PUSHGUARD_URL", "PUSHGUARD_TOKEN", "PUSHGUARD_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert await cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pushguard: ") and err.count("\n") == 1, err
+    assert expected in err and "did not answer JSON" not in err, err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +26,19 @@ def run_check(path: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
 
 
-def test_root_config_is_valid() -> None:
-    result = run_check(ROOT / "config.toml")
+def sandbox(tmp_path: Path, text: str = GOOD) -> Path:
+    """`text` as tmp_path/config.toml, with the files its relative paths name."""
+    for name in ("var/tokens", "var/ssh/id_ed25519", "var/ssh/known_hosts"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "var/demo/app.git").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_root_config_is_valid(tmp_path: Path) -> None:
+    result = run_check(sandbox(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     loaded = config.load(ROOT / "config.toml")
@@ -127,3 +139,106 @@ def test_days_parsing() -> None:
     assert config.parse_days("mon,wed,sun") == frozenset({0, 2, 6})
     with pytest.raises(ValueError):
         config.parse_days("fri-mon")
+
+
+@pytest.mark.parametrize(("key", "spoil"), [
+    ("api.tokens_file", lambda d: (d / "var/tokens").unlink()),
+    ("api.tokens_file", lambda d: ((d / "var/tokens").unlink(), (d / "var/tokens").mkdir())),
+    ("source.repo", lambda d: (d / "var/demo/app.git").rmdir()),
+    ("ssh.key_file", lambda d: (d / "var/ssh/id_ed25519").unlink()),
+    ("ssh.known_hosts", lambda d: (d / "var/ssh/known_hosts").unlink()),
+])
+def test_check_config_and_serve_refuse_what_serve_cannot_use(
+        tmp_path: Path, key: str, spoil: Callable[[Path], object]) -> None:
+    """The unit's ExecStartPre gate must refuse what `serve` would fail on."""
+    path = sandbox(tmp_path)
+    spoil(tmp_path)
+    for argv in (["check-config", "-c", str(path)],
+                 ["serve", "-c", str(path), "--log-level", "error"]):
+        result = subprocess.run([sys.executable, "-m", "daemon", *argv], capture_output=True,
+                                text=True, cwd=ROOT, timeout=60, check=False)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert f"{path}: {key}: cannot " in result.stderr, result.stderr
+    assert not (tmp_path / "var/pushguard.db").exists()
+
+
+def test_check_config_refuses_an_unresolvable_listen_host(tmp_path: Path) -> None:
+    path = sandbox(tmp_path, GOOD.replace('listen = "127.0.0.1:8470"',
+                                          'listen = "no-such-host.invalid:8470"'))
+    result = run_check(path)
+    assert result.returncode == 2
+    assert f"{path}: api.listen: cannot resolve" in result.stderr, result.stderr
+
+
+NO_CHECKS = re.sub(r"\[\[checks\]\].*?(?=\[\[webhooks\]\])", "", GOOD, flags=re.S)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ('every = "20m"', 'every = "99999999999d"', "schedule.every", "too long"),
+        ('every = "20m"', 'every = "3000000d"', "schedule.every", "at most 1d"),
+        ('every = "20m"', 'every = "25h"', "schedule.every", "at most 1d"),
+        ('bake = "10m"', 'bake = "9999999999999999999999s"', "guard.bake", "too long"),
+        ('baseline = "30m"', 'baseline = "400d"', "guard.baseline", "at most 366d"),
+        ('on_inconclusive = "halt"', 'on_inconclusive = "extend:99999999999d"',
+         "guard.on_inconclusive", "too long"),
+        ('look_every = "30s"', 'look_every = "2500ms"', "guard.look_every", "whole seconds"),
+        ('warmup = "1m"', 'warmup = "10m"', "guard.warmup",
+         "`warmup` + `look_every` must fit in `bake`"),
+        ('warmup = "1m"', 'warmup = "9m45s"'.replace("9m45s", "585s"), "guard.warmup",
+         "`warmup` + `look_every` must fit in `bake`"),
+        ('kind = "ratio"', 'kind = "ratio"\nstep = "10m"', "checks[0].step",
+         "longer than `bake` - `warmup`"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{adress}:8080/health"', "deploy.health_url", "{adress}"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{address:8080/health"', "deploy.health_url", "template"),
+        ('health_url = "http://{address}:8080/health"',
+         'health_url = "http://{0}:8080/health"', "deploy.health_url", "{0}"),
+        ('address = "127.0.0.3"', 'address = "127.0.0.2"', "hosts",
+         "127.0.0.2 port 2222 is used by more than one host"),
+        ('window = "09:00-17:00"', 'window = "09:00-24:30"', "schedule.window", "24:00"),
+    ],
+)
+def test_more_bad_configs_name_the_key(tmp_path: Path, old: str, new: str, key: str,
+                                       expected: str) -> None:
+    assert old in GOOD, old
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    lines = [p for p in info.value.problems if f": {key}: " in p]
+    assert lines and expected in lines[0], info.value.problems
+
+
+def test_good_edges_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    for old, new in [('window = "09:00-17:00"', 'window = "09:00-24:00"'),
+                     ('every = "20m"', 'every = "1d"'),
+                     ('warmup = "1m"', 'warmup = "570s"'),
+                     ('kind = "ratio"', 'kind = "ratio"\nstep = "9m"'),
+                     ('health_url = "http://{address}:8080/health"',
+                      'health_url = "http://{name}.web:{port}/health"'),
+                     ('path = "/srv/app"', 'path = "/srv/app/{name}"')]:
+        path.write_text(GOOD.replace(old, new, 1))
+        config.load(path)
+    same = GOOD.replace('address = "127.0.0.3"', 'address = "127.0.0.2"', 1)
+    path.write_text(same.replace('path = "/srv/app"', 'path = "/srv/{name}/app"', 1))
+    assert len({h.address for h in config.load(path).hosts}) == 2
+
+
+@pytest.mark.parametrize("text", [
+    NO_CHECKS,
+    GOOD.replace("critical = true", "critical = false"),
+], ids=["no-checks", "all-advisory"])
+def test_a_config_without_a_critical_check_is_refused_unless_allowed(
+        tmp_path: Path, text: str) -> None:
+    path = tmp_path / "unguarded.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    lines = [p for p in info.value.problems if ": checks: " in p]
+    assert lines and "no critical check" in lines[0] and "unguarded" in lines[0], lines
+    path.write_text(text.replace("[guard]\n", "[guard]\nallow_unguarded = true\n", 1))
+    assert not [c for c in config.load(path).checks if c.critical]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from daemon.errors import SourceError
 from daemon.release import build_release, resolve_ref
 from tests.fixtures_ssh import AppRepo
+from tests.gitrepo import commit, make_repo
 
 
 async def test_resolve_ref_gives_the_full_commit_id(app_repo: AppRepo) -> None:
@@ -94,3 +96,36 @@ async def test_resolve_ref_errors_name_the_ref_only(tmp_path: Path) -> None:
         await resolve_ref(tmp_path / "nope", "HEAD")
     assert str(tmp_path) not in caught.value.message
     assert caught.value.details == {"ref": "HEAD"}
+
+
+def _foreign_repo(tmp_path: Path) -> tuple[Path, str]:
+    """A repository owned by another uid, as the source repo is for the unit's
+    DynamicUser: git >= 2.35.2 refuses it ("dubious ownership") unless told."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the repository to another uid")
+    repo = make_repo(tmp_path / "foreign")
+    head = commit(repo, "first", {"README": "x\n"})
+    for path in [repo, *repo.rglob("*")]:
+        os.lchown(path, 65534, 65534)
+    return repo, head
+
+
+async def test_a_repository_owned_by_another_user_is_read(tmp_path: Path) -> None:
+    repo, head = _foreign_repo(tmp_path)
+    assert await resolve_ref(repo, "HEAD") == head
+    release = await build_release(repo, head, tmp_path / "releases")
+    assert release.commit == head
+    (tmp_path / "link").symlink_to(repo)  # git checks the real path
+    assert await resolve_ref(tmp_path / "link", "HEAD") == head
+
+
+async def test_a_git_failure_is_logged_with_gits_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = tmp_path / "not-a-repo"
+    repo.mkdir()
+    with pytest.raises(SourceError) as caught:
+        await resolve_ref(repo, "HEAD")
+    assert caught.value.details == {"ref": "HEAD"}
+    assert str(tmp_path) not in caught.value.message
+    assert "not a git repository" in caplog.text

@@ -57,6 +57,22 @@ def test_unit_has_what_the_issue_asks() -> None:
         assert line in text, line
 
 
+def test_a_config_error_stops_the_restarts(tmp_path: Path) -> None:
+    """`serve` exits with the status the unit names in RestartPreventExitStatus= on a
+    bad config, so Restart=on-failure does not loop on it. systemd applies that
+    setting to the main process only, so no ExecStartPre= may stand in for it."""
+    text = UNIT.read_text()
+    match = re.search(r"^RestartPreventExitStatus=(\d+)$", text, re.M)
+    assert match, "no RestartPreventExitStatus="
+    assert "ExecStartPre=" not in text
+    config, _ = _quiet_config(tmp_path)
+    (tmp_path / "tokens").unlink()
+    result = subprocess.run([sys.executable, "-m", "daemon", "serve", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == int(match.group(1)), result.stderr
+    assert "api.tokens_file" in result.stderr
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
     path = tmp_path / "notify.sock"
@@ -142,3 +158,18 @@ def test_ready_watchdog_stopping_in_order(tmp_path: Path,
     assert all(0.3 < gap < 0.9 for gap in gaps), gaps  # half of WatchdogSec=1s
     assert stopping and stopping[0] > first_ready, stderr
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for _, m in messages)
+
+
+def test_readme_install_lets_the_service_read_what_it_reads() -> None:
+    """ExecStart runs as the dynamic user: the files it opens itself (the config,
+    known_hosts) must be readable by others; secrets reach it as credentials."""
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("## Install as a service", 1)[1].split("\n## ", 1)[0]
+    text = UNIT.read_text()
+    config = re.search(r"^ExecStart=\S+ serve -c (\S+)", text, re.M)
+    assert config
+    assert "(readable by root only is fine" not in install
+    assert f"`{config.group(1)}` (mode 0644" in install
+    for name, source in re.findall(r"^LoadCredential=([\w-]+):(\S+)$", text, re.M):
+        assert source in install and f"/run/credentials/pushguard.service/{name}" \
+            in install, name
