@@ -485,3 +485,20 @@ async def test_v2_a_200_answer_that_is_not_csv_is_a_check_error(
             await source.series(check(Kind.COUNT), T0, T0 + STEP, STEP)
     finally:
         await source.close()
+
+
+async def test_v2_tables_at_the_same_times_are_summed_not_overwritten(
+        influx2: tuple[FakeInflux2, InfluxConfig]) -> None:
+    """Two tables of one answer (a query grouped by host) at the same times: the count
+    of an interval is the sum over both, as with InfluxQL."""
+    fake, config = influx2
+    first = [(T0, 10.0), (T0 + STEP, 20.0)]
+    second = [(T0, 1.0), (T0 + STEP, 2.0)]
+    fake.ok_body = _annotated("count", 0, first) + "\n" + _annotated("count", 1, second)
+    source = open_source(config)
+    try:
+        counts = await source.series(check(Kind.COUNT), T0, T0 + 2 * STEP, STEP)
+    finally:
+        await source.close()
+    assert counts.times == (T0, T0 + STEP)
+    assert counts.column("count") == (11.0, 22.0)
