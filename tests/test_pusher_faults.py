@@ -227,28 +227,43 @@ async def test_an_interruption_the_store_refuses_at_first_is_recorded_on_a_retry
     assert (await line.store.control()).state == QueueState.HALTED
 
 
-async def _slow_claims(line: Line, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+@dataclass
+class Claim:
+    """A request whose claim is held inside the store call until `release` is set."""
+
+    job: asyncio.Task[Any]
+    release: asyncio.Event
+    claimed: asyncio.Event
+
+
+async def _claim_under_way(line: Line, monkeypatch: pytest.MonkeyPatch) -> Claim:
     real = line.store.claim
+    entered, release, claimed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def slow(**kwargs: Any) -> Any:
-        await asyncio.sleep(seconds)
-        return await real(**kwargs)
+    async def held(**kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()
+        push = await real(**kwargs)
+        claimed.set()
+        return push
 
-    monkeypatch.setattr(line.store, "claim", slow)
+    monkeypatch.setattr(line.store, "claim", held)
+    job = asyncio.create_task(line.pusher.request(Trigger.SCHEDULE, "schedule",
+                                                  normal_allowed=True))
+    await entered.wait()
+    return Claim(job, release, claimed)
 
 
 async def test_a_caller_cancelled_during_the_claim_leaves_a_push_with_its_task(
         line_factory: Callable[..., Awaitable[Line]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     line = await line_factory(Verdict.PASS)
-    await _slow_claims(line, monkeypatch, 0.2)
-    job = asyncio.create_task(line.pusher.request(Trigger.SCHEDULE, "schedule",
-                                                  normal_allowed=True))
-    await asyncio.sleep(0.05)
-    job.cancel()  # as the scheduler's shutdown cancels a running job
+    claim = await _claim_under_way(line, monkeypatch)
+    claim.job.cancel()  # as the scheduler's shutdown cancels a running job
     with pytest.raises(asyncio.CancelledError):
-        await job
-    await asyncio.sleep(0.3)
+        await claim.job
+    claim.release.set()
+    await claim.claimed.wait()  # the task is created in the same step as the claim ends
     await line.pusher.wait()
     [push] = await line.store.list_pushes(10, None)
     assert push.state == PushState.PASSED
@@ -258,12 +273,11 @@ async def test_a_stop_during_the_claim_gives_the_push_back_without_a_halt(
         line_factory: Callable[..., Awaitable[Line]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     line = await line_factory(Verdict.PASS)
-    await _slow_claims(line, monkeypatch, 0.2)
-    job = asyncio.create_task(line.pusher.request(Trigger.SCHEDULE, "schedule",
-                                                  normal_allowed=True))
-    await asyncio.sleep(0.05)
-    await line.pusher.stop(grace=5)
-    assert await job is None
+    claim = await _claim_under_way(line, monkeypatch)
+    stopping = asyncio.create_task(line.pusher.stop(grace=5))  # runs before the claim ends
+    claim.release.set()
+    assert await claim.job is None
+    await stopping
     [push] = await line.store.list_pushes(10, None)
     assert push.state == PushState.ABORTED
     assert (await line.store.get_change(line.changes[0])).state == ChangeState.APPROVED
