@@ -31,10 +31,9 @@ async def interrupt(store: Store, push_id: int, why: str, now: datetime) -> bool
     where = f" at {last.step} on {last.host}" if last else " before any host was touched"
     change_to = ChangeState.FAILED if touched else ChangeState.APPROVED
     push = await store.get_push(push_id)
-    rolling_back = push.state == PushState.FAILED and push.finished_at is None
-    if push.state not in (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING) \
-            and not rolling_back:
+    if push.finished_at is not None:  # ended (the store's rule: `UNFINISHED_SQL`)
         return False
+    rolling_back = push.state == PushState.FAILED
     hosts = ", ".join(touched) if touched else "none"
     reason = f"{why}{where}"
     if rolling_back:

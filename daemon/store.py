@@ -46,11 +46,10 @@ T = TypeVar("T")
 log = logging.getLogger("pushguard.transitions")
 
 _TABLES = {"change": "changes", "push": "pushes", "queue": "control"}
-UNFINISHED = (PushState.PLANNED, PushState.DEPLOYING, PushState.BAKING)
-# the pushes that have not ended: the states above, and a failed push whose rollback is
-# still under way (the verdict is recorded first, `finished_at` only at the end)
-_UNFINISHED_SQL = (f"(state IN ({', '.join(repr(str(s)) for s in UNFINISHED)})"
-                   " OR (state = 'failed' AND finished_at IS NULL))")
+# A push has ended when it has `finished_at`: only `finish_push` sets it. Unfinished are
+# planned, deploying and baking pushes, and a failed one whose rollback is under way (the
+# verdict is recorded first, the end when the hosts are back).
+UNFINISHED_SQL = "finished_at IS NULL"
 
 
 @contextlib.contextmanager
@@ -401,7 +400,7 @@ def claim(db: Database, batch_size: int, normal_allowed: bool, trigger: Trigger,
     """
     with write(db):
         running = db.execute(
-            f"SELECT id FROM pushes WHERE {_UNFINISHED_SQL} ORDER BY id").fetchone()
+            f"SELECT id FROM pushes WHERE {UNFINISHED_SQL} ORDER BY id").fetchone()
         if running is not None:
             raise Busy(f"push {running[0]} is still running", push=running[0])
         stopped = control(db).state != QueueState.RUNNING
@@ -503,7 +502,7 @@ def list_pushes(db: Database, limit: int, before: int | None) -> list[Push]:
 
 
 def unfinished_pushes(db: Database) -> list[Push]:
-    rows = db.query(f"SELECT * FROM pushes WHERE {_UNFINISHED_SQL} ORDER BY id")
+    rows = db.query(f"SELECT * FROM pushes WHERE {UNFINISHED_SQL} ORDER BY id")
     return [records.push(row, _push_change_ids(db, int(row["id"]))) for row in rows]
 
 
@@ -511,8 +510,8 @@ def stranded_changes(db: Database) -> list[tuple[int, int]]:
     rows = db.execute(
         "SELECT pc.push_id, pc.change_id FROM push_changes pc"
         " JOIN pushes p ON p.id = pc.push_id JOIN changes c ON c.id = pc.change_id"
-        f" WHERE c.state = 'pushing' AND p.state NOT IN ({','.join('?' * len(UNFINISHED))})"
-        " ORDER BY pc.push_id, pc.change_id", [str(s) for s in UNFINISHED]).fetchall()
+        " WHERE c.state = 'pushing' AND p.finished_at IS NOT NULL"  # an ended push
+        " ORDER BY pc.push_id, pc.change_id").fetchall()
     return [(int(push_id), int(change_id)) for push_id, change_id in rows]
 
 
