@@ -144,7 +144,10 @@ async def test_influxdb_slower_than_its_timeout_at_the_bake_is_never_a_pass(
         start: Start, fault_fleet: SshFleet, fault_shop: ShopSimulator,
         influx_proxy: InfluxProxy) -> None:
     await clean_baseline(fault_shop)
-    d = await start(influx_url=influx_proxy.url, checks=CHECKS, guard=GUARD)
+    # under the rollback policy too: no verdict is no evidence against the change, so the
+    # line halts and the canary keeps the new release (it used to be rolled back)
+    d = await start(influx_url=influx_proxy.url, checks=CHECKS, guard=GUARD,
+                    deploy={"on_regression": "rollback"})
     before = live_on(fault_fleet)
     # [influxdb] timeout is 2s
     pushed = await cut_at_the_bake(d, influx_proxy, "slow", "slow", delay=5.0, only="/query")
@@ -244,6 +247,18 @@ async def test_disk_full_during_unpack_fails_that_host_and_keeps_its_release(
     leftovers = [p.name for p in (small_disk / "releases").iterdir() if p.name.startswith(".")]
     assert not leftovers and releases_on(fault_fleet)["host1"] == {good}
     assert shutil.disk_usage(small_disk).free > 5 << 20
+
+
+async def test_a_host_that_fails_after_its_switch_is_recorded_on_the_release_it_runs(
+        start: Start, fault_fleet: SshFleet) -> None:
+    d = await start()
+    await baseline(d, fault_fleet)
+    broken = await push(d, "broken", {"bin/activate": "#!/bin/sh\nexit 3\n"})
+    assert broken.state == PushState.FAILED and "host1 failed at activate" in broken.reason
+    assert live_on(fault_fleet)["host1"] == broken.release  # switched, then activate failed
+    hosts = {h.name: h for h in await d.store.hosts()}
+    assert hosts["host1"].live_release == broken.release, hosts["host1"]
+    assert hosts["host1"].last_outcome == Outcome.FAILED
 
 
 async def test_sshd_killed_mid_upload_fails_the_host_and_the_line_goes_on_after(
